@@ -1,0 +1,154 @@
+"""Input pipeline: random-access source -> shuffle -> joint augmentation -> batches (grain).
+
+Determinism: example k of the infinite training stream is a pure function of
+(seed, k): the shuffle is a seeded permutation per epoch and each example's
+augmentation draws from a generator seeded by (seed, k). Global batch g holds
+examples [g * B, (g + 1) * B), whatever the number of processes; process p
+reads and augments only its contiguous chunk of every global batch. Resuming
+at step s therefore sees exactly the batches an uninterrupted run would.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from jaxseg.data.transforms import AugmentConfig, augment
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """How batches are read.
+
+    Attributes:
+      global_batch_size: examples per step over all processes.
+      num_threads: reader threads per process.
+      num_workers: worker processes (0 = augment in the main process's threads).
+      prefetch: batches buffered per worker.
+    """
+
+    global_batch_size: int
+    num_threads: int = 2
+    num_workers: int = 0
+    prefetch: int = 2
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"batch size {global_batch_size} is not divisible by the {process_count} processes"
+        )
+    return global_batch_size // process_count
+
+
+def to_example(record: Mapping[str, np.ndarray]) -> dict:
+    """Keeps image (H, W, 3) uint8, mask (H, W) and the optional weight of a source record."""
+    mask = np.asarray(record["mask"])
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    example = {"image": np.asarray(record["image"], np.uint8), "mask": mask.astype(np.int32)}
+    if "weight" in record:
+        example["weight"] = np.asarray(record["weight"], np.float32)
+    return example
+
+
+def _augment_example(record, rng, augment_config):
+    return augment(to_example(record), rng, augment_config)
+
+
+def train_dataset(
+    source: Sequence,
+    augment_config: AugmentConfig,
+    loader: LoaderConfig,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """The infinite stream of this process's training batches (dicts of numpy arrays)."""
+    if len(source) == 0:
+        raise ValueError("the training split is empty")
+    local_batch = local_batch_size(loader.global_batch_size, process_count)
+    dataset = (
+        grain.MapDataset.source(source)
+        .seed(seed)
+        .shuffle()
+        .repeat()  # reshuffles every epoch
+        .random_map(functools.partial(_augment_example, augment_config=augment_config))
+        .batch(local_batch, drop_remainder=True)
+    )[process_index::process_count]
+    return _to_iter(dataset, loader)
+
+
+def eval_dataset(
+    source: Sequence,
+    loader: LoaderConfig,
+    ignore_label: int,
+    pad_to_multiple: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """One pass over `source` in order, in global batches.
+
+    The last global batch is completed with blank examples whose mask is all
+    `ignore_label`, so every process gets the same number of full batches and
+    the blanks count in no metric. Images are padded (bottom/right, mask with
+    `ignore_label`) to a multiple of `pad_to_multiple`.
+    """
+    if len(source) == 0:
+        raise ValueError("the evaluation split is empty")
+    global_batch = loader.global_batch_size
+    local_batch = local_batch_size(global_batch, process_count)
+    num_padded = -(-len(source) // global_batch) * global_batch
+    shape_of_first = to_example(source[0])
+
+    def load(index):
+        if index < len(source):
+            example = to_example(source[index])
+        else:
+            example = {
+                "image": np.zeros_like(shape_of_first["image"]),
+                "mask": np.full_like(shape_of_first["mask"], ignore_label),
+            }
+        return pad_example(example, pad_to_multiple, ignore_label)
+
+    dataset = (
+        grain.MapDataset.range(num_padded).map(load).batch(local_batch, drop_remainder=True)
+    )[process_index::process_count]
+    return _to_iter(dataset, loader)
+
+
+def pad_example(example: dict, multiple: int, ignore_label: int) -> dict:
+    """Pads an example at the bottom/right so its sides are multiples of `multiple`."""
+    height, width = example["mask"].shape
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return example
+    out = dict(example)
+    out["image"] = np.pad(example["image"], ((0, pad_h), (0, pad_w), (0, 0)))
+    out["mask"] = np.pad(example["mask"], ((0, pad_h), (0, pad_w)), constant_values=ignore_label)
+    if "weight" in example:
+        out["weight"] = np.pad(example["weight"], ((0, pad_h), (0, pad_w)))
+    return out
+
+
+def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDataset:
+    iter_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch)
+    )
+    if loader.num_workers > 0:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=loader.num_workers, per_worker_buffer_size=loader.prefetch
+            )
+        )
+    return iter_dataset
+
+
+def batches(iter_dataset: grain.IterDataset, state: dict | None = None) -> Iterator[dict]:
+    """An iterator over `iter_dataset`, restored to `state` (from `get_state()`) if given."""
+    iterator = iter(iter_dataset)
+    if state is not None:
+        iterator.set_state(state)
+    return iterator

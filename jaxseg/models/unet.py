@@ -1,0 +1,156 @@
+"""U-Net (Ronneberger et al. 2015): the original valid-conv form and the modern padded form.
+
+Original: unpadded 3x3 convs, no normalisation, 2x2 up-convolutions, the skip
+maps centre-cropped before concatenation, so the output is smaller than the
+input (572x572 -> 388x388 at depth 4). Modern: padded convs with batch norm,
+output size = input size.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxseg.models.layers import DoubleConv, crop_and_concat
+from jaxseg.models.upsample import Upsample
+
+PADDINGS = ("SAME", "VALID")
+
+
+def _valid_output_size(input_size: int, depth: int) -> int | None:
+    """Output side of the unpadded U-Net, or None when `input_size` is not valid."""
+    size = input_size
+    for _ in range(depth):
+        size -= 4  # two unpadded 3x3 convs
+        if size <= 0 or size % 2:  # 2x2 pooling needs an even size
+            return None
+        size //= 2
+    size -= 4
+    for _ in range(depth):
+        if size <= 0:
+            return None
+        size = 2 * size - 4  # 2x2 up-conv, then two unpadded 3x3 convs
+    return size if size > 0 else None
+
+
+def _nearest(size: int, is_valid, limit: int = 4096) -> list[int]:
+    """The closest valid sizes below and above `size` (searching up to `limit`)."""
+    below = next((s for s in range(size - 1, 0, -1) if is_valid(s)), None)
+    above = next((s for s in range(size + 1, size + limit) if is_valid(s)), None)
+    return [s for s in (below, above) if s is not None]
+
+
+def unet_output_size(input_size: int, depth: int = 4, padding: str = "VALID") -> int:
+    """Output side length of a U-Net for an input side length.
+
+    Raises ValueError naming the nearest valid sizes when the input cannot be
+    taken: for "SAME" padding, not divisible by 2**depth; for "VALID", a
+    pooled map of odd size or a map that shrinks to nothing.
+    """
+    if padding == "SAME":
+        if input_size % 2**depth == 0 and input_size > 0:
+            return input_size
+        raise ValueError(
+            f"input size {input_size} is not divisible by 2**depth = {2**depth};"
+            f" nearest valid sizes: {_nearest(input_size, lambda s: s % 2**depth == 0)}"
+        )
+    output = _valid_output_size(input_size, depth)
+    if output is None:
+        nearest = _nearest(input_size, lambda s: _valid_output_size(s, depth) is not None)
+        raise ValueError(
+            f"input size {input_size} is not valid for the original (unpadded) U-Net at depth"
+            f" {depth}: every pooled map must have an even size and no map may shrink to"
+            f" nothing; nearest valid input sizes: {nearest}"
+        )
+    return output
+
+
+def unet_input_size(output_size: int, depth: int = 4) -> int:
+    """Input side length the original (unpadded) U-Net needs to give `output_size`."""
+    size = output_size
+    for _ in range(depth):
+        size += 4
+        if size % 2:
+            break
+        size //= 2
+    else:
+        size += 4
+        for _ in range(depth):
+            size = 2 * size + 4
+        if _valid_output_size(size, depth) == output_size:
+            return size
+    outputs = {_valid_output_size(s, depth) for s in range(1, 2 * output_size + 2 ** (depth + 5))}
+    nearest = _nearest(output_size, lambda s: s in outputs)
+    raise ValueError(
+        f"no input gives a {output_size}-pixel output from the original U-Net at depth {depth};"
+        f" nearest valid output sizes: {nearest}"
+    )
+
+
+class UNetEncoder(nn.Module):
+    """Contracting path: `depth` x (two 3x3 convs, 2x2 max-pool), channels doubling.
+
+    Returns features by stride: {"stride1": ..., "stride2": ..., ...,
+    f"stride{2**depth}": bottleneck}.
+    """
+
+    base_features: int = 64
+    depth: int = 4
+    padding: str = "SAME"
+    use_batch_norm: bool = True
+
+    def feature_channels(self) -> dict[str, int]:
+        return {f"stride{2**i}": self.base_features * 2**i for i in range(self.depth + 1)}
+
+    @nn.compact
+    def __call__(self, x, train: bool) -> dict[str, jnp.ndarray]:
+        features = {}
+        for level, (name, channels) in enumerate(self.feature_channels().items()):
+            if level:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = DoubleConv(channels, self.padding, self.use_batch_norm)(x, train)
+            features[name] = x
+        return features
+
+
+class UNet(nn.Module):
+    """U-Net: contracting path, expanding path of up-convs and crop-and-concat merges.
+
+    Attributes:
+      num_classes: output channels of the final 1x1 conv.
+      base_features: channels of the first level (64 in the paper).
+      depth: number of 2x2 poolings (4 in the paper).
+      padding: "SAME" (modern) or "VALID" (original, output smaller than input).
+      use_batch_norm: batch norm after every conv (modern form).
+      upsample: "transposed" (the paper's 2x2 up-convolution) or "resize"
+        (bilinear resize then a 2x2 conv, the paper's "upsampling followed by a
+        2x2 convolution"). Both halve the channels.
+    """
+
+    num_classes: int
+    base_features: int = 64
+    depth: int = 4
+    padding: str = "SAME"
+    use_batch_norm: bool = True
+    upsample: str = "transposed"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+        for side in x.shape[1:3]:
+            unet_output_size(side, self.depth, self.padding)
+        encoder = UNetEncoder(self.base_features, self.depth, self.padding, self.use_batch_norm)
+        features = encoder(x, train)
+        *skips, x = features.values()
+        for skip in reversed(skips):
+            x = Upsample(
+                factor=2,
+                features=skip.shape[-1],
+                kind=self.upsample,
+                kernel_size=2,
+                bilinear_init=False,
+                use_bias=True,
+                resize_conv=True,
+            )(x)
+            x = crop_and_concat(skip, x)
+            x = DoubleConv(skip.shape[-1], self.padding, self.use_batch_norm)(x, train)
+        return nn.Conv(self.num_classes, (1, 1))(x)

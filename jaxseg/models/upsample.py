@@ -1,0 +1,147 @@
+"""Upsamplers: bilinear-initialised transposed convolution and resize(+conv).
+
+Pixel-centre convention. `jax.image.resize` treats pixel i as the unit cell
+[i, i+1) with its centre at i + 0.5 (half-pixel centres). For bilinear this is
+PyTorch's `F.interpolate(..., align_corners=False)`: output pixel j samples the
+input at (j + 0.5) / factor - 0.5, clamped to the edge. `align_corners=True`
+(PyTorch's other mode: the corner pixel centres of input and output coincide, so
+input index i maps to i * (out - 1) / (in - 1)) is reproduced with
+`jax.image.scale_and_translate`.
+
+Transposed conv vs resize. A stride-f transposed convolution whose kernel is
+the FCN bilinear filter of size 2f computes exactly the half-pixel bilinear
+interpolation above wherever the kernel footprint lies inside the input, i.e.
+everywhere except a border of f // 2 output pixels on each side. There the
+transposed conv sees zeros beyond the edge (its weights no longer sum to one,
+so borders darken towards zero), while resize renormalises, which equals
+clamping to the edge pixel.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+UPSAMPLE_KINDS = ("transposed", "resize")
+RESIZE_METHODS = ("bilinear", "nearest")
+
+
+def bilinear_filter(kernel_size: int) -> np.ndarray:
+    """The 2-D bilinear interpolation filter FCN uses to initialise upsampling."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    grid = np.arange(kernel_size)
+    profile = 1 - np.abs(grid - center) / factor
+    return np.outer(profile, profile).astype(np.float32)
+
+
+def bilinear_kernel_init(key, shape, dtype=jnp.float32):
+    """Initialiser for an HWIO transposed-conv kernel: channel c -> c bilinear, 0 across channels."""
+    del key
+    kernel_h, kernel_w, in_features, out_features = shape
+    if kernel_h != kernel_w:
+        raise ValueError(f"bilinear init needs a square kernel, got {kernel_h}x{kernel_w}")
+    kernel = np.zeros(shape, np.float32)
+    filt = bilinear_filter(kernel_h)
+    for channel in range(min(in_features, out_features)):
+        kernel[:, :, channel, channel] = filt
+    return jnp.asarray(kernel, dtype)
+
+
+def resize(
+    x: jnp.ndarray, height: int, width: int, method: str = "bilinear", align_corners: bool = False
+) -> jnp.ndarray:
+    """Resizes an NHWC map to (height, width) with the convention in the module docstring."""
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method {method!r} is not one of {RESIZE_METHODS}")
+    batch, in_h, in_w, channels = x.shape
+    if not align_corners:
+        return jax.image.resize(x, (batch, height, width, channels), method, antialias=False)
+    if method != "bilinear":
+        raise ValueError("align_corners=True is defined for bilinear resizing only")
+
+    def scale(n_in, n_out):
+        return (n_out - 1) / (n_in - 1) if n_in > 1 and n_out > 1 else n_out / n_in
+
+    scales = jnp.array([scale(in_h, height), scale(in_w, width)], jnp.float32)
+    # Pixel centres: out = in * s + t; corner centres 0.5 -> 0.5 gives t = 0.5 - 0.5 s.
+    translation = 0.5 - 0.5 * scales
+    return jax.image.scale_and_translate(
+        x,
+        (batch, height, width, channels),
+        (1, 2),
+        scales,
+        translation,
+        "linear",
+        antialias=False,
+    )
+
+
+class Upsample(nn.Module):
+    """Upsamples an NHWC map by an integer `factor`.
+
+    kind="transposed": a stride-`factor` transposed convolution with a
+      `kernel_size` kernel (default 2 * factor, FCN), padded so that the output
+      is exactly factor times the input (PyTorch padding (k - f) // 2).
+      `bilinear_init` starts it as bilinear interpolation; `trainable=False`
+      freezes it (the kernel is then a constant, not a parameter).
+    kind="resize": `jax.image.resize` (`resize_method`, `align_corners`), then,
+      if `resize_conv` (or the channel count changes), a `kernel_size`
+      convolution (default 1) with "SAME" padding.
+    `features=None` keeps the input's channel count.
+    """
+
+    factor: int
+    features: int | None = None
+    kind: str = "transposed"
+    kernel_size: int | None = None
+    bilinear_init: bool = True
+    trainable: bool = True
+    use_bias: bool = False
+    resize_method: str = "bilinear"
+    align_corners: bool = False
+    resize_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind not in UPSAMPLE_KINDS:
+            raise ValueError(f"upsample kind {self.kind!r} is not one of {UPSAMPLE_KINDS}")
+        in_features = x.shape[-1]
+        features = self.features or in_features
+        if self.kind == "resize":
+            x = resize(
+                x,
+                x.shape[1] * self.factor,
+                x.shape[2] * self.factor,
+                self.resize_method,
+                self.align_corners,
+            )
+            if self.resize_conv or features != in_features:
+                size = self.kernel_size or 1
+                x = nn.Conv(features, (size, size), padding="SAME", use_bias=self.use_bias)(x)
+            return x
+
+        size = self.kernel_size or 2 * self.factor
+        if (size - self.factor) % 2:
+            raise ValueError(
+                f"transposed conv kernel {size} with stride {self.factor} cannot give an output"
+                f" exactly {self.factor}x its input; use an even kernel - stride difference"
+            )
+        shape = (size, size, in_features, features)
+        init = bilinear_kernel_init if self.bilinear_init else nn.initializers.lecun_normal()
+        if self.trainable:
+            kernel = self.param("kernel", init, shape)
+        else:
+            kernel = init(None, shape)
+        # PyTorch's ConvTranspose2d padding p is lax's k - 1 - p on the dilated input.
+        pad = size - 1 - (size - self.factor) // 2
+        x = jax.lax.conv_transpose(
+            x,
+            kernel.astype(x.dtype),
+            (self.factor, self.factor),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            x = x + self.param("bias", nn.initializers.zeros, (features,))
+        return x

@@ -1,0 +1,1 @@
+"""Training: state, steps, data parallelism, checkpoints and the loop."""

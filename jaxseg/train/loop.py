@@ -1,0 +1,236 @@
+"""train_and_evaluate(config, workdir): the whole training program as a library call."""
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from jaxseg.config import validate_config
+from jaxseg.data import load_dataset
+from jaxseg.data.pipeline import LoaderConfig, batches, eval_dataset, train_dataset
+from jaxseg.data.transforms import AugmentConfig
+from jaxseg.models import get_model
+from jaxseg.train import parallel
+from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.train.reporting import MetricsLogger, format_table, summarize
+from jaxseg.train.state import count_params, create_train_state, make_optimizer
+from jaxseg.train.step import bind_steps
+
+# Fold device-side confusion counts into host int64 well before int32 overflows.
+_MAX_PIXELS_ON_DEVICE = 2**30
+
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates `workdir` if needed; raises ValueError if it cannot be written."""
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} exists and is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
+    return workdir
+
+
+def build_model(config, num_classes: int):
+    options = dict(config.model)
+    name = options.pop("name")
+    options.setdefault("num_classes", num_classes)
+    return get_model(name, **options)
+
+
+def augment_config(config, ignore_label: int) -> AugmentConfig:
+    options = dict(config.data.augment)
+    options["crop_size"] = tuple(options["crop_size"]) or None
+    options["scale_range"] = tuple(options["scale_range"])
+    return AugmentConfig(**options, ignore_label=ignore_label)
+
+
+def class_weights(config, info):
+    if config.loss.class_weights == "none":
+        return None
+    if config.loss.class_weights == "median_frequency":
+        return jnp.asarray(info.median_frequency_weights())
+    raise ValueError(
+        f"unknown loss.class_weights {config.loss.class_weights!r}; allowed: 'none', 'median_frequency'"
+    )
+
+
+def _split(sources, name, key):
+    if name not in sources:
+        raise ValueError(
+            f"{key}={name!r} is not a split of this dataset; splits: {sorted(sources)}"
+        )
+    return sources[name]
+
+
+class _Accumulator:
+    """Sums metric dicts on device; folds into host int64/float64 before int32 overflow."""
+
+    def __init__(self):
+        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+        self.device_sums, self.host_sums, self._pixels = None, None, 0
+
+    def add(self, metrics, pixels: int):
+        if self.device_sums is None:
+            self.device_sums = metrics
+        else:
+            self.device_sums = self._add(self.device_sums, metrics)
+        self._pixels += pixels
+        if self._pixels >= _MAX_PIXELS_ON_DEVICE:
+            self._fold()
+
+    def _fold(self):
+        if self.device_sums is None:
+            return
+        fetched = jax.tree.map(
+            lambda x: np.asarray(x, np.float64 if x.dtype.kind == "f" else np.int64),
+            jax.device_get(self.device_sums),
+        )
+        self.host_sums = (
+            fetched if self.host_sums is None else jax.tree.map(np.add, self.host_sums, fetched)
+        )
+        self.device_sums, self._pixels = None, 0
+
+    def result(self) -> dict:
+        self._fold()
+        sums, self.host_sums = self.host_sums, None
+        return sums
+
+
+def evaluate(eval_fn, state, dataset, mesh) -> dict:
+    """Runs `eval_fn` over one pass of `dataset`; returns the summarized metrics."""
+    accumulator = _Accumulator()
+    for batch in dataset:
+        pixels = int(np.prod(batch["mask"].shape)) * jax.process_count()
+        accumulator.add(eval_fn(state, parallel.global_batch(batch, mesh)), pixels)
+    return summarize(accumulator.result())
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics by split."""
+    validate_config(config)
+    workdir = prepare_workdir(workdir)
+    is_main = jax.process_index() == 0
+    mesh = parallel.make_mesh(config.train.num_devices)
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+
+    sources, info = load_dataset(config.data.name, **config.data.options)
+    train_source = _split(sources, config.data.train_split, "data.train_split")
+    eval_splits = [config.data.eval_split] + (
+        [config.data.test_split] if config.data.test_split else []
+    )
+    for split in eval_splits:
+        _split(sources, split, "data.eval_split/test_split")
+
+    model = build_model(config, info.num_classes)
+    num_steps = config.train.num_steps
+    tx = make_optimizer(config.optim, num_steps)
+    augment = augment_config(config, info.ignore_label)
+    image_shape = (*(augment.crop_size or train_source[0]["mask"].shape[:2]), 3)
+
+    rng = jax.random.key(config.seed)
+    init_rng, step_rng = jax.random.split(rng)
+    replicated = parallel.replicated(mesh)
+    init_fn = jax.jit(
+        lambda key: create_train_state(key, model, tx, image_shape), out_shardings=replicated
+    )
+    abstract_state = jax.eval_shape(init_fn, init_rng)
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+    start_step, data_state = checkpointer.latest_step() or 0, None
+    if start_step:
+        abstract_state = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
+        )
+        state, data_state = checkpointer.restore(start_step, abstract_state)
+        print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}")
+    else:
+        state = init_fn(init_rng)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    print(
+        f"Model {config.model.name}: {count_params(state.params):,} parameters;"
+        f" {len(mesh.devices.flat)} device(s), {jax.process_count()} process(es)"
+    )
+
+    train_fn, eval_fn = bind_steps(
+        config.loss, info.num_classes, info.ignore_label, class_weights(config, info)
+    )
+    train_fn = parallel.jit_train_step(train_fn, mesh)
+    eval_fn = parallel.jit_eval_step(eval_fn, mesh)
+    loader = LoaderConfig(
+        config.data.batch_size,
+        config.data.num_threads,
+        config.data.num_workers,
+        config.data.prefetch,
+    )
+    eval_loader = dataclasses.replace(loader, global_batch_size=config.data.eval_batch_size)
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+    def make_eval_dataset(split):
+        return eval_dataset(
+            sources[split], eval_loader, info.ignore_label, config.data.eval_pad_multiple, **shard
+        )
+
+    train_iter = batches(
+        train_dataset(train_source, augment, loader, config.seed, **shard), data_state
+    )
+    logger = MetricsLogger(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+    accumulator = _Accumulator()
+    progress = tqdm(
+        total=num_steps, initial=start_step, desc="train", disable=not is_main, dynamic_ncols=True
+    )
+    interval_start, interval_steps = time.perf_counter(), 0
+    for step in range(start_step + 1, num_steps + 1):
+        batch = next(train_iter)
+        state, metrics = train_fn(state, parallel.global_batch(batch, mesh), step_rng)
+        accumulator.add(metrics, int(np.prod(batch["mask"].shape)) * jax.process_count())
+        interval_steps += 1
+        progress.update(1)
+        if step % config.train.log_every == 0 or step == num_steps:
+            record = summarize(accumulator.result())  # waits for the device: once per interval
+            seconds = time.perf_counter() - interval_start
+            images_per_second = interval_steps * config.data.batch_size / seconds
+            logger.write(
+                {"step": step, "split": "train", **record, "images_per_second": images_per_second}
+            )
+            progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+            interval_start, interval_steps = time.perf_counter(), 0
+        if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
+            record = evaluate(eval_fn, state, make_eval_dataset(config.data.eval_split), mesh)
+            logger.write({"step": step, "split": config.data.eval_split, **record})
+            progress.write(f"step {step}: {config.data.eval_split} mIoU {record['miou']:.4f}")
+            interval_start = time.perf_counter()
+        if (
+            config.train.checkpoint_every and step % config.train.checkpoint_every == 0
+        ) or step == num_steps:
+            checkpointer.save(step, state, train_iter.get_state())
+    progress.close()
+    checkpointer.wait()
+
+    final_step = int(jax.device_get(state.step))
+    results = {}
+    for split in eval_splits:
+        results[split] = evaluate(eval_fn, state, make_eval_dataset(split), mesh)
+        logger.write({"step": final_step, "split": split, **results[split]})
+    checkpointer.close()
+    if is_main:
+        print(f"\nFinal metrics at step {final_step} ({workdir}):")
+        print(format_table(results, info.class_names))
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump({"step": final_step, **results}, f, indent=2, allow_nan=True)
+    logging.flush()
+    return results

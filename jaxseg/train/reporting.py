@@ -1,0 +1,74 @@
+"""Turning metric sums into records: metrics.jsonl lines and the final table."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from jaxseg.metrics import segmentation_metrics
+
+
+def summarize(sums: dict) -> dict:
+    """Mean loss and segmentation metrics from summed {loss_sum, loss_weight, confusion}."""
+    loss_weight = float(sums["loss_weight"])
+    record = {"loss": float(sums["loss_sum"]) / loss_weight if loss_weight else float("nan")}
+    record.update(segmentation_metrics(np.asarray(sums["confusion"], np.int64)))
+    return record
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to <workdir>/metrics.jsonl (NaN written as null)."""
+
+    def __init__(self, path: str, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps({k: _json_safe(v) for k, v in record.items()})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_table(results: dict[str, dict], class_names) -> str:
+    """A text table: rows = metrics and per-class IoU, one column per split."""
+    splits = list(results)
+    rows = [
+        ("loss", "loss"),
+        ("pixel acc", "pixel_acc"),
+        ("mean acc", "mean_acc"),
+        ("mean IoU", "miou"),
+        ("f.w. IoU", "fwiou"),
+    ]
+    name_width = max([len(n) for n, _ in rows] + [len(f"IoU {c}") for c in class_names])
+    col = max(10, *(len(s) for s in splits))
+
+    def cell(value):
+        return f"{'n/a' if value is None or math.isnan(value) else f'{value:.4f}':>{col}}"
+
+    lines = [f"{'':<{name_width}}  " + "  ".join(f"{s:>{col}}" for s in splits)]
+    lines.append("-" * len(lines[0]))
+    for label, key in rows:
+        lines.append(f"{label:<{name_width}}  " + "  ".join(cell(results[s][key]) for s in splits))
+    for index, name in enumerate(class_names):
+        label = f"IoU {name}"
+        values = [results[s]["iou_per_class"][index] for s in splits]
+        lines.append(f"{label:<{name_width}}  " + "  ".join(cell(v) for v in values))
+    return "\n".join(lines)

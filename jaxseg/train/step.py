@@ -1,0 +1,99 @@
+"""The pure train and eval steps: (state, batch, rng) -> (state, metrics).
+
+Metrics are sums (loss total, loss weight, confusion matrix), so adding them
+over steps, devices or hosts gives exact global values.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg.losses import pixel_cross_entropy, soft_dice_loss
+from jaxseg.metrics import confusion_matrix
+from jaxseg.models.layers import center_crop
+
+# ImageNet statistics, the convention of the pretrained encoders.
+IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
+    """uint8 (N, H, W, 3) -> float32, per-channel standardised."""
+    return (images.astype(jnp.float32) - IMAGE_MEAN) / IMAGE_STD
+
+
+def align_targets(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+    """Centre-crops (N, H, W) targets to the logits' size.
+
+    Models with unpadded convolutions (the original U-Net) predict the centre
+    of their input tile only.
+    """
+    if targets.shape[1:3] == logits.shape[1:3]:
+        return targets
+    return center_crop(targets[..., None], *logits.shape[1:3])[..., 0]
+
+
+def _loss_and_metrics(logits, batch, loss_config, num_classes, ignore_label, class_weights):
+    labels = align_targets(logits, batch["mask"])
+    pixel_weights = align_targets(logits, batch["weight"]) if "weight" in batch else None
+    total, weight_sum = pixel_cross_entropy(
+        logits, labels, ignore_label, class_weights, pixel_weights
+    )
+    loss = total / jnp.maximum(weight_sum, 1e-12)
+    if loss_config.dice_weight:
+        loss = loss + loss_config.dice_weight * soft_dice_loss(logits, labels, ignore_label)
+    metrics = {
+        "loss_sum": total,
+        "loss_weight": weight_sum,
+        "confusion": confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, ignore_label),
+    }
+    return loss, metrics
+
+
+def train_step(state, batch, rng, *, loss_config, num_classes, ignore_label, class_weights=None):
+    """One optimisation step on a (global) batch. Returns (new_state, metric sums)."""
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            normalize_images(batch["image"]),
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        loss, metrics = _loss_and_metrics(
+            logits, batch, loss_config, num_classes, ignore_label, class_weights
+        )
+        return loss, (metrics, updates)
+
+    (_, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(
+        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
+    )
+    return state, metrics
+
+
+def eval_step(state, batch, *, loss_config, num_classes, ignore_label, class_weights=None):
+    """Metric sums of the model in inference mode on a batch."""
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        normalize_images(batch["image"]),
+        train=False,
+    )
+    _, metrics = _loss_and_metrics(
+        logits, batch, loss_config, num_classes, ignore_label, class_weights
+    )
+    return metrics
+
+
+def bind_steps(loss_config, num_classes, ignore_label, class_weights=None):
+    """train_step and eval_step with the task's constants bound."""
+    kwargs = dict(
+        loss_config=loss_config,
+        num_classes=num_classes,
+        ignore_label=ignore_label,
+        class_weights=class_weights,
+    )
+    return functools.partial(train_step, **kwargs), functools.partial(eval_step, **kwargs)

@@ -1,0 +1,189 @@
+"""End-to-end: the training program on tiny configs (seconds each)."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, tiny_config
+
+from jaxseg.train.checkpoint import CheckpointMismatchError
+from jaxseg.train.loop import train_and_evaluate
+from jaxseg.train.reporting import read_metrics
+
+REQUIRED_KEYS = {"step", "split", "loss", "pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class"}
+
+
+def _train_losses(workdir):
+    return [
+        r["loss"]
+        for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        if r["split"] == "train"
+    ]
+
+
+def test_loss_falls_and_records_are_complete(data_dir, tmp_path):
+    config = tiny_config(data_dir, **{"train.num_steps": 30, "train.eval_every": 15})
+    results = train_and_evaluate(config, str(tmp_path))
+    losses = _train_losses(tmp_path)
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    records = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+    for record in records:
+        assert REQUIRED_KEYS <= set(record), record
+        assert len(record["iou_per_class"]) == 5
+    assert [r["step"] for r in records if r["split"] == "validation"] == [15, 30]
+    assert 0 <= results["validation"]["miou"] <= 1
+    assert os.path.exists(tmp_path / "checkpoints" / "30")
+    assert os.path.exists(tmp_path / "config.json")
+
+
+def test_one_and_four_devices_give_the_same_loss_curve(data_dir, tmp_path):
+    assert len(jax.devices()) == 4
+    curves = {}
+    for num_devices in (1, 4):
+        config = tiny_config(data_dir, **{"train.num_steps": 6, "train.num_devices": num_devices})
+        train_and_evaluate(config, str(tmp_path / f"d{num_devices}"))
+        curves[num_devices] = _train_losses(tmp_path / f"d{num_devices}")
+    np.testing.assert_allclose(curves[1], curves[4], rtol=2e-4)
+    assert curves[1][0] != curves[1][-1]
+
+
+def _final_params(workdir, config):
+    from jaxseg.train.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+    step = checkpointer.latest_step()
+    restored = checkpointer._manager.restore(step)["state"]  # raw pytree, no target needed
+    checkpointer.close()
+    return step, restored["params"]
+
+
+def test_resume_continues_step_params_and_data(data_dir, tmp_path, capsys):
+    overrides = {"optim.schedule": "constant", "train.checkpoint_every": 3}
+    straight = tiny_config(data_dir, **overrides, **{"train.num_steps": 6})
+    train_and_evaluate(straight, str(tmp_path / "straight"))
+
+    train_and_evaluate(
+        tiny_config(data_dir, **overrides, **{"train.num_steps": 3}), str(tmp_path / "resumed")
+    )
+    capsys.readouterr()
+    train_and_evaluate(
+        tiny_config(data_dir, **overrides, **{"train.num_steps": 6}), str(tmp_path / "resumed")
+    )
+    assert "Resuming from the checkpoint at step 3" in capsys.readouterr().out
+
+    np.testing.assert_allclose(
+        _train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "straight"), rtol=1e-5
+    )
+    step_a, params_a = _final_params(tmp_path / "straight", straight)
+    step_b, params_b = _final_params(tmp_path / "resumed", straight)
+    assert step_a == step_b == 6
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_a, params_b
+    )
+
+
+def test_changed_model_refuses_to_resume_and_keeps_checkpoints(data_dir, tmp_path):
+    train_and_evaluate(tiny_config(data_dir, **{"train.num_steps": 2}), str(tmp_path))
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    saved_config = (tmp_path / "config.json").read_text()
+    changed = tiny_config(data_dir, **{"train.num_steps": 4, "model.base_features": 4})
+    with pytest.raises(
+        CheckpointMismatchError, match="does not match the model.*Nothing was written"
+    ):
+        train_and_evaluate(changed, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    assert (tmp_path / "config.json").read_text() == saved_config
+
+
+def test_bad_inputs_get_clear_errors(data_dir, tmp_path):
+    bad = tiny_config(data_dir)
+    bad.train.num_stesp = 3
+    with pytest.raises(
+        ValueError, match=r"unknown config key 'train.num_stesp'; allowed keys here: \["
+    ):
+        train_and_evaluate(bad, str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=r"unknown model 'resnet9000'; registered models"):
+        train_and_evaluate(
+            tiny_config(data_dir, **{"model.name": "resnet9000"}), str(tmp_path / "b")
+        )
+    with pytest.raises(
+        ValueError, match=r"data.batch_size=6 is not divisible by the 4 devices;.*\[4, 8\]"
+    ):
+        train_and_evaluate(
+            tiny_config(data_dir, **{"data.batch_size": 6, "train.num_devices": 4}),
+            str(tmp_path / "c"),
+        )
+    with pytest.raises(ValueError, match=r"unknown dataset 'shapez'; available datasets"):
+        train_and_evaluate(tiny_config(data_dir, **{"data.name": "shapez"}), str(tmp_path / "d"))
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        train_and_evaluate(tiny_config(data_dir), str(a_file))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
+def test_unwritable_workdir(data_dir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(ValueError, match="is not writable"):
+        train_and_evaluate(tiny_config(data_dir), str(locked / "run"))
+
+
+def _run_cli(*args, cwd=REPO):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cli_trains_resumes_and_prints_the_table(data_dir, tmp_path):
+    args = [
+        "--config",
+        str(REPO / "configs" / "default.py"),
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.options.data_dir={data_dir}",
+        "--config.data.options.image_size=32",
+        "--config.data.options.num_train=64",
+        "--config.data.options.num_validation=16",
+        "--config.data.options.num_test=8",
+        "--config.data.augment.crop_size=(32, 32)",
+        "--config.model.base_features=4",
+        "--config.model.depth=2",
+        "--config.data.batch_size=4",
+        "--config.data.eval_batch_size=4",
+        "--config.train.num_steps=2",
+        "--config.train.eval_every=0",
+        "--config.train.checkpoint_every=0",
+    ]
+    first = _run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Final metrics at step 2" in first.stdout and "mean IoU" in first.stdout
+    assert "2 device(s)" in first.stdout
+    again = _run_cli(*args[:-3], "--config.train.num_steps=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from the checkpoint at step 2" in again.stdout
+    assert "Final metrics at step 3" in again.stdout
+
+
+def test_cli_rejects_unknown_override(tmp_path):
+    result = _run_cli(
+        "--config",
+        str(REPO / "configs" / "default.py"),
+        "--workdir",
+        str(tmp_path),
+        "--config.train.num_stpes=3",
+    )
+    assert result.returncode != 0
+    assert "num_stpes" in result.stderr

@@ -1,0 +1,34 @@
+"""Trains and evaluates a jaxseg config.
+
+    python train.py                                     # configs/default.py, workdir runs/default
+    python train.py --config configs/unet.py --workdir runs/unet --config.train.num_steps=500
+
+Running the same command again with the same workdir resumes from its latest checkpoint.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxseg.train.loop import train_and_evaluate
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = _WORKDIR.value or os.path.join(
+        "runs", os.path.splitext(os.path.basename(config_path))[0]
+    )
+    train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
