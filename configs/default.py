@@ -22,7 +22,7 @@ def get_config():
     config.data.options.num_validation = 500
     config.data.options.num_test = 500
     config.data.options.seed = 0
-    config.data.options.data_dir = None
+    config.data.options.data_dir = ""  # "" = the TFDS default (~/tensorflow_datasets)
     config.data.batch_size = 16
     config.data.eval_batch_size = 50
     config.data.augment.flip = True

@@ -159,12 +159,15 @@ class JaxsegShapes(tfds.core.GeneratorBasedBuilder):
 def load_shapes(
     data_dir=None, image_size=64, num_train=4000, num_validation=500, num_test=500, seed=0
 ):
-    """Builds the dataset on first use, then returns ({split: data source}, info)."""
+    """Builds the dataset on first use, then returns ({split: data source}, info).
+
+    `data_dir` "" means the TFDS default directory.
+    """
     config = shapes_config(image_size, num_train, num_validation, num_test, seed)
     registered = {c.name for c in JaxsegShapes.BUILDER_CONFIGS}
     builder = JaxsegShapes(
         config=config.name if config.name in registered else config,
-        data_dir=data_dir,
+        data_dir=data_dir or None,  # None: the TFDS default, ~/tensorflow_datasets
         file_format="array_record",
     )
     builder.download_and_prepare()

@@ -1,6 +1,5 @@
 """Building blocks shared by every model: conv-BN-ReLU, crops and skip merges."""
 
-
 import flax.linen as nn
 import jax.numpy as jnp
 

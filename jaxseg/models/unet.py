@@ -106,7 +106,9 @@ class UNetEncoder(nn.Module):
         for level, (name, channels) in enumerate(self.feature_channels().items()):
             if level:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = DoubleConv(channels, self.padding, self.use_batch_norm)(x, train)
+            x = DoubleConv(channels, self.padding, self.use_batch_norm, name=f"level{level}")(
+                x, train
+            )
             features[name] = x
         return features
 
@@ -138,10 +140,12 @@ class UNet(nn.Module):
             raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
         for side in x.shape[1:3]:
             unet_output_size(side, self.depth, self.padding)
-        encoder = UNetEncoder(self.base_features, self.depth, self.padding, self.use_batch_norm)
+        encoder = UNetEncoder(
+            self.base_features, self.depth, self.padding, self.use_batch_norm, name="encoder"
+        )
         features = encoder(x, train)
         *skips, x = features.values()
-        for skip in reversed(skips):
+        for level, skip in reversed(list(enumerate(skips))):
             x = Upsample(
                 factor=2,
                 features=skip.shape[-1],
@@ -150,7 +154,10 @@ class UNet(nn.Module):
                 bilinear_init=False,
                 use_bias=True,
                 resize_conv=True,
+                name=f"up{level}",
             )(x)
             x = crop_and_concat(skip, x)
-            x = DoubleConv(skip.shape[-1], self.padding, self.use_batch_norm)(x, train)
-        return nn.Conv(self.num_classes, (1, 1))(x)
+            x = DoubleConv(
+                skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}"
+            )(x, train)
+        return nn.Conv(self.num_classes, (1, 1), name="classifier")(x)

@@ -24,7 +24,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "data"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -38,9 +41,12 @@ class Checkpointer:
             ),
         )
 
-    def restore(self, step: int, abstract_state):
-        """Restores (state, data_state) at `step` into the shardings of `abstract_state`."""
-        self.check_compatible(step, abstract_state)
+    def restore(self, step: int, abstract_state, explanation: str = ""):
+        """Restores (state, data_state) at `step` into the shardings of `abstract_state`.
+
+        `explanation` (e.g. which settings changed) is added to a mismatch error.
+        """
+        self.check_compatible(step, abstract_state, explanation)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -49,10 +55,10 @@ class Checkpointer:
         )
         return restored["state"], restored["data"]
 
-    def check_compatible(self, step: int, abstract_state) -> None:
+    def check_compatible(self, step: int, abstract_state, explanation: str = "") -> None:
         """Raises CheckpointMismatchError listing the params whose shape or presence differs."""
         saved = self._manager.item_metadata(step)["state"]
-        saved_params = _shapes(saved["params"] if isinstance(saved, dict) else saved.params)
+        saved_params = _shapes(saved["params"])
         wanted_params = _shapes(abstract_state.params)
         problems = []
         for path in sorted(set(saved_params) | set(wanted_params)):
@@ -66,6 +72,7 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"the checkpoint at step {step} in {self.directory} does not match the model of"
                 f" the current config ({len(problems)} parameter(s) differ):\n{shown}\n"
+                f"{explanation + chr(10) if explanation else ''}"
                 "Nothing was written. Use a new --workdir for a different model, or restore"
                 " the config this workdir was trained with (saved in its config.json)."
             )
