@@ -1,4 +1,4 @@
-"""jaxseg: semantic segmentation in JAX/Flax (FCN, Hypercolumns, U-Net) with a data-parallel trainer."""
+"""jaxseg: semantic segmentation in JAX/Flax (FCN, Hypercolumns, U-Net), data-parallel trainer."""
 
 from jaxseg.data import SegmentationInfo, dataset_names, load_dataset
 from jaxseg.losses import mean_pixel_cross_entropy, pixel_cross_entropy, soft_dice_loss

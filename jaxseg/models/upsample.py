@@ -36,7 +36,7 @@ def bilinear_filter(kernel_size: int) -> np.ndarray:
 
 
 def bilinear_kernel_init(key, shape, dtype=jnp.float32):
-    """Initialiser for an HWIO transposed-conv kernel: channel c -> c bilinear, 0 across channels."""
+    """HWIO transposed-conv kernel init: channel c -> c bilinear, 0 across channels."""
     del key
     kernel_h, kernel_w, in_features, out_features = shape
     if kernel_h != kernel_w:

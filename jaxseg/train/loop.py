@@ -62,7 +62,8 @@ def class_weights(config, info):
     if config.loss.class_weights == "median_frequency":
         return jnp.asarray(info.median_frequency_weights())
     raise ValueError(
-        f"unknown loss.class_weights {config.loss.class_weights!r}; allowed: 'none', 'median_frequency'"
+        f"unknown loss.class_weights {config.loss.class_weights!r};"
+        " allowed: 'none', 'median_frequency'"
     )
 
 
@@ -134,7 +135,11 @@ def evaluate(eval_fn, state, dataset, mesh) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics by split."""
+    """Trains `config` in `workdir`, resuming from its checkpoints if any.
+
+    Returns:
+      {split: metrics} of the final evaluation.
+    """
     validate_config(config)
     workdir = prepare_workdir(workdir)
     is_main = jax.process_index() == 0
