@@ -1,57 +1,45 @@
-"""Model registry: `get_model(name, **kwargs)` builds a Flax module by name."""
+"""Model registry: `get_model(name, **options)` builds a Flax module by name.
 
-import dataclasses
+Sizes and variants are partials of one module (FCN-32s/16s/8s differ only in
+`num_skips`), as in the flax examples.
+"""
+
 import functools
-from collections.abc import Callable
 
 import flax.linen as nn
 
+from jaxseg.models.fcn import FCN
+from jaxseg.models.hypercolumn import Hypercolumn
 from jaxseg.models.unet import UNet
+from jaxseg.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "unet": UNet,
-    "unet_original": functools.partial(UNet, padding="VALID", use_batch_norm=False),
-}
+MODELS = Registry(
+    "model",
+    {
+        "fcn32s": functools.partial(FCN, num_skips=0),
+        "fcn16s": functools.partial(FCN, num_skips=1),
+        "fcn8s": functools.partial(FCN, num_skips=2),
+        "hypercolumn": Hypercolumn,
+        "unet": UNet,
+        "unet_original": functools.partial(UNet, padding="VALID", use_batch_norm=False),
+    },
+)
 
 
-def register_model(name: str, constructor: Callable[..., nn.Module]) -> None:
+def register_model(name: str, constructor) -> None:
     """Adds a model constructor (a Module class or a partial of one) under `name`."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = constructor
+    MODELS.register(name, constructor)
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def model_options(name: str) -> list[str]:
     """The keyword arguments `get_model(name, ...)` accepts."""
-    constructor = _get_constructor(name)
-    module_class = constructor.func if isinstance(constructor, functools.partial) else constructor
-    return sorted(
-        f.name
-        for f in dataclasses.fields(module_class)
-        if f.init and f.name not in ("parent", "name")
-    )
+    return MODELS.options(name)
 
 
-def get_model(name: str, **kwargs) -> nn.Module:
-    """Builds the model registered as `name` with `kwargs` as its attributes.
-
-    Raises:
-      ValueError: unknown name or option; the message lists what is allowed.
-    """
-    constructor = _get_constructor(name)
-    unknown = sorted(set(kwargs) - set(model_options(name)))
-    if unknown:
-        raise ValueError(
-            f"model {name!r} has no option(s) {unknown}; its options are {model_options(name)}"
-        )
-    return constructor(**kwargs)
-
-
-def _get_constructor(name: str) -> Callable[..., nn.Module]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {model_names()}")
-    return _REGISTRY[name]
+def get_model(model_name: str, /, **options) -> nn.Module:
+    """Builds a registered model; a bad name or option is a ValueError listing what is allowed."""
+    return MODELS.build(model_name, **options)

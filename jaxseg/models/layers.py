@@ -75,3 +75,50 @@ def crop_at(x: jnp.ndarray, offset: int, height: int, width: int) -> jnp.ndarray
             f"crop of {height}x{width} at offset {offset} does not fit in a {in_h}x{in_w} map"
         )
     return x[:, offset : offset + height, offset : offset + width, :]
+
+
+def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mode: bool = False):
+    """Max pooling with PyTorch/Caffe semantics: symmetric -inf `padding`, optional ceil mode.
+
+    `ceil_mode` rounds the output size up (Caffe's pooling) by padding the
+    bottom/right with -inf so the last partial window counts.
+    """
+    pads = []
+    for size in x.shape[1:3]:
+        extra = 0
+        if ceil_mode:
+            span = size + 2 * padding - window
+            extra = -span % stride
+        pads.append((padding, padding + extra))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+def nearest_valid(size: int, is_valid, limit: int = 4096) -> list[int]:
+    """The closest sizes below and above `size` (within `limit`) for which `is_valid` holds."""
+    below = next((s for s in range(size - 1, 0, -1) if is_valid(s)), None)
+    above = next((s for s in range(size + 1, size + limit) if is_valid(s)), None)
+    return [s for s in (below, above) if s is not None]
+
+
+def check_divisible(height: int, width: int, stride: int, model: str) -> None:
+    """Raises ValueError naming the nearest valid sizes when a side is not a multiple of `stride`."""
+    for side, size in (("height", height), ("width", width)):
+        if size <= 0 or size % stride:
+            raise ValueError(
+                f"{model}: input {side} {size} is not divisible by the output stride {stride};"
+                f" nearest valid sizes: {nearest_valid(size, lambda s: s % stride == 0)}"
+            )
+
+
+def score_and_sum(score: jnp.ndarray, skip_score: jnp.ndarray, offset: int | None = None):
+    """FCN skip merge: add a (cropped) scored skip map to the upsampled coarser scores.
+
+    `offset=None` centre-crops the skip map to `score`'s size (the "same"
+    variant, where sizes already agree); an int is Caffe's crop offset.
+    """
+    height, width = score.shape[1:3]
+    if offset is None:
+        skip_score = center_crop(skip_score, height, width)
+    else:
+        skip_score = crop_at(skip_score, offset, height, width)
+    return score + skip_score

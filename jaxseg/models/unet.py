@@ -6,11 +6,13 @@ input (572x572 -> 388x388 at depth 4). Modern: padded convs with batch norm,
 output size = input size.
 """
 
-import flax.linen as nn
-import jax.numpy as jnp
+from collections.abc import Mapping
 
-from jaxseg.models.layers import DoubleConv, crop_and_concat
-from jaxseg.models.upsample import Upsample
+import flax.linen as nn
+
+from jaxseg.models.encoders import UNetEncoder, get_encoder
+from jaxseg.models.layers import DoubleConv, check_divisible, crop_and_concat, nearest_valid
+from jaxseg.models.upsample import Upsample, resize
 
 PADDINGS = ("SAME", "VALID")
 
@@ -31,13 +33,6 @@ def _valid_output_size(input_size: int, depth: int) -> int | None:
     return size if size > 0 else None
 
 
-def _nearest(size: int, is_valid, limit: int = 4096) -> list[int]:
-    """The closest valid sizes below and above `size` (searching up to `limit`)."""
-    below = next((s for s in range(size - 1, 0, -1) if is_valid(s)), None)
-    above = next((s for s in range(size + 1, size + limit) if is_valid(s)), None)
-    return [s for s in (below, above) if s is not None]
-
-
 def unet_output_size(input_size: int, depth: int = 4, padding: str = "VALID") -> int:
     """Output side length of a U-Net for an input side length.
 
@@ -50,11 +45,11 @@ def unet_output_size(input_size: int, depth: int = 4, padding: str = "VALID") ->
             return input_size
         raise ValueError(
             f"input size {input_size} is not divisible by 2**depth = {2**depth};"
-            f" nearest valid sizes: {_nearest(input_size, lambda s: s % 2**depth == 0)}"
+            f" nearest valid sizes: {nearest_valid(input_size, lambda s: s % 2**depth == 0)}"
         )
     output = _valid_output_size(input_size, depth)
     if output is None:
-        nearest = _nearest(input_size, lambda s: _valid_output_size(s, depth) is not None)
+        nearest = nearest_valid(input_size, lambda s: _valid_output_size(s, depth) is not None)
         raise ValueError(
             f"input size {input_size} is not valid for the original (unpadded) U-Net at depth"
             f" {depth}: every pooled map must have an even size and no map may shrink to"
@@ -78,39 +73,11 @@ def unet_input_size(output_size: int, depth: int = 4) -> int:
         if _valid_output_size(size, depth) == output_size:
             return size
     outputs = {_valid_output_size(s, depth) for s in range(1, 2 * output_size + 2 ** (depth + 5))}
-    nearest = _nearest(output_size, lambda s: s in outputs)
+    nearest = nearest_valid(output_size, lambda s: s in outputs)
     raise ValueError(
         f"no input gives a {output_size}-pixel output from the original U-Net at depth {depth};"
         f" nearest valid output sizes: {nearest}"
     )
-
-
-class UNetEncoder(nn.Module):
-    """Contracting path: `depth` x (two 3x3 convs, 2x2 max-pool), channels doubling.
-
-    Returns features by stride: {"stride1": ..., "stride2": ..., ...,
-    f"stride{2**depth}": bottleneck}.
-    """
-
-    base_features: int = 64
-    depth: int = 4
-    padding: str = "SAME"
-    use_batch_norm: bool = True
-
-    def feature_channels(self) -> dict[str, int]:
-        return {f"stride{2**i}": self.base_features * 2**i for i in range(self.depth + 1)}
-
-    @nn.compact
-    def __call__(self, x, train: bool) -> dict[str, jnp.ndarray]:
-        features = {}
-        for level, (name, channels) in enumerate(self.feature_channels().items()):
-            if level:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = DoubleConv(channels, self.padding, self.use_batch_norm, name=f"level{level}")(
-                x, train
-            )
-            features[name] = x
-        return features
 
 
 class UNet(nn.Module):
@@ -124,7 +91,12 @@ class UNet(nn.Module):
       use_batch_norm: batch norm after every conv (modern form).
       upsample: "transposed" (the paper's 2x2 up-convolution) or "resize"
         (bilinear resize then a 2x2 conv, the paper's "upsampling followed by a
-        2x2 convolution"). Both halve the channels.
+        2x2 convolution"). Both bring the channels to the skip's.
+      encoder: "unet" (the paper's contracting path, shaped by the fields
+        above) or any registered encoder ("vgg16", "resnet34", ...) with
+        `encoder_options`; its "stride{s}" features are the skips, its
+        coarsest the bottom. If its finest skip is coarser than the input, the
+        scores are resized (bilinear) to the input size.
     """
 
     num_classes: int
@@ -133,21 +105,39 @@ class UNet(nn.Module):
     padding: str = "SAME"
     use_batch_norm: bool = True
     upsample: str = "transposed"
+    encoder: str = "unet"
+    encoder_options: Mapping = None
+
+    def _encoder(self) -> nn.Module:
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+        if self.encoder == "unet":
+            if self.encoder_options:
+                raise ValueError("the 'unet' encoder is shaped by base_features, depth, padding"
+                                 " and use_batch_norm; encoder_options must be empty")
+            return UNetEncoder(self.base_features, self.depth, self.padding, self.use_batch_norm,
+                               name="encoder")
+        if self.padding != "SAME":
+            raise ValueError("the original unpadded U-Net needs encoder='unet'")
+        return get_encoder(self.encoder, name="encoder", **(self.encoder_options or {}))
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if self.padding not in PADDINGS:
-            raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
-        for side in x.shape[1:3]:
-            unet_output_size(side, self.depth, self.padding)
-        encoder = UNetEncoder(
-            self.base_features, self.depth, self.padding, self.use_batch_norm, name="encoder"
-        )
+        encoder = self._encoder()
+        strides = sorted(s for n, s in encoder.feature_strides().items() if n.startswith("stride"))
+        height, width = x.shape[1:3]
+        if self.padding == "VALID":
+            unet_output_size(height, self.depth, "VALID")
+            unet_output_size(width, self.depth, "VALID")
+        else:
+            check_divisible(height, width, strides[-1], f"U-Net on {self.encoder}")
+
         features = encoder(x, train)
-        *skips, x = features.values()
-        for level, skip in reversed(list(enumerate(skips))):
+        *skips, x = (features[f"stride{s}"] for s in strides)
+        for level in reversed(range(len(skips))):
+            skip = skips[level]
             x = Upsample(
-                factor=2,
+                factor=strides[level + 1] // strides[level],
                 features=skip.shape[-1],
                 kind=self.upsample,
                 kernel_size=2,
@@ -157,7 +147,10 @@ class UNet(nn.Module):
                 name=f"up{level}",
             )(x)
             x = crop_and_concat(skip, x)
-            x = DoubleConv(
-                skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}"
-            )(x, train)
-        return nn.Conv(self.num_classes, (1, 1), name="classifier")(x)
+            x = DoubleConv(skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}")(
+                x, train
+            )
+        scores = nn.Conv(self.num_classes, (1, 1), name="classifier")(x)
+        if strides[0] > 1:
+            scores = resize(scores, height, width)
+        return scores

@@ -82,7 +82,8 @@ class Upsample(nn.Module):
 
     kind="transposed": a stride-`factor` transposed convolution with a
       `kernel_size` kernel (default 2 * factor, FCN), padded so that the output
-      is exactly factor times the input (PyTorch padding (k - f) // 2).
+      is exactly factor times the input (PyTorch padding (k - f) // 2), or
+      with `padding` p: (in - 1) * f + k - 2p (Caffe's FCN uses p = 0 and crops).
       `bilinear_init` starts it as bilinear interpolation; `trainable=False`
       freezes it (the kernel is then a constant, not a parameter).
     kind="resize": `jax.image.resize` (`resize_method`, `align_corners`), then,
@@ -95,6 +96,7 @@ class Upsample(nn.Module):
     features: int | None = None
     kind: str = "transposed"
     kernel_size: int | None = None
+    padding: int | None = None
     bilinear_init: bool = True
     trainable: bool = True
     use_bias: bool = False
@@ -122,11 +124,14 @@ class Upsample(nn.Module):
             return x
 
         size = self.kernel_size or 2 * self.factor
-        if (size - self.factor) % 2:
-            raise ValueError(
-                f"transposed conv kernel {size} with stride {self.factor} cannot give an output"
-                f" exactly {self.factor}x its input; use an even kernel - stride difference"
-            )
+        padding = self.padding
+        if padding is None:
+            if (size - self.factor) % 2:
+                raise ValueError(
+                    f"transposed conv kernel {size} with stride {self.factor} cannot give an output"
+                    f" exactly {self.factor}x its input; use an even kernel - stride difference"
+                )
+            padding = (size - self.factor) // 2
         shape = (size, size, in_features, features)
         init = bilinear_kernel_init if self.bilinear_init else nn.initializers.lecun_normal()
         if self.trainable:
@@ -134,7 +139,7 @@ class Upsample(nn.Module):
         else:
             kernel = init(None, shape)
         # PyTorch's ConvTranspose2d padding p is lax's k - 1 - p on the dilated input.
-        pad = size - 1 - (size - self.factor) // 2
+        pad = size - 1 - padding
         x = jax.lax.conv_transpose(
             x,
             kernel.astype(x.dtype),

@@ -43,7 +43,7 @@ def prepare_workdir(workdir: str) -> str:
 
 
 def build_model(config, num_classes: int):
-    options = dict(config.model)
+    options = config.model.to_dict()  # nested ConfigDicts (encoder_options) as dicts
     name = options.pop("name")
     options.setdefault("num_classes", num_classes)
     return get_model(name, **options)

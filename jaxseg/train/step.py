@@ -53,7 +53,12 @@ def _loss_and_metrics(logits, batch, loss_config, num_classes, ignore_label, cla
 
 
 def train_step(state, batch, rng, *, loss_config, num_classes, ignore_label, class_weights=None):
-    """One optimisation step on a (global) batch. Returns (new_state, metric sums)."""
+    """One optimisation step on a (global) batch. Returns (new_state, metric sums).
+
+    `rng` is the run's base key; the step number is folded in, so every step
+    draws fresh dropout masks and a resumed run draws the same ones.
+    """
+    rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(

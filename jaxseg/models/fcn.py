@@ -1,0 +1,127 @@
+"""FCN-32s/16s/8s (Long, Shelhamer & Darrell 2015): score, upsample, fuse skips, upsample.
+
+The coarsest feature (VGG16: fc7) is scored by a 1x1 conv, upsampled 2x by a
+transposed conv initialised to bilinear interpolation, and summed with the
+scored pool4 (FCN-16s), again with the scored pool3 (FCN-8s); a last
+upsampling returns to the input size.
+
+Alignment. "same": padded convs (fc6 included), floor pooling, input sides a
+multiple of 32, every map exactly aligned, no crop. "caffe": the reference
+nets: conv1_1 padded by 100, Caffe's ceil-mode pooling, fc6 unpadded,
+transposed convs without padding, and the skip and final maps cropped at the
+offsets Caffe computed for them; any input size works.
+
+At-once training (the paper's FCN-8s-at-once) scales pool4 and pool3 by
+0.01 and 0.0001 before scoring them: `skip_scales=(0.01, 0.0001)`.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+
+from jaxseg.models.encoders import get_encoder, max_stride
+from jaxseg.models.heads import ScoreHead
+from jaxseg.models.layers import check_divisible, crop_at, score_and_sum
+from jaxseg.models.upsample import Upsample
+
+ALIGNMENTS = ("same", "caffe")
+# Crop offsets of the reference Caffe nets (voc-fcn{32,16,8}s): skip maps by
+# name, and the final map by the stride it is upsampled from.
+CAFFE_SKIP_OFFSETS = {"pool4": 5, "pool3": 9}
+CAFFE_FINAL_OFFSETS = {32: 19, 16: 27, 8: 31}
+
+
+def default_fcn_features(encoder: nn.Module, encoder_name: str) -> tuple[str, ...]:
+    """The coarsest feature and the two skips FCN fuses: VGG16's names, else by stride."""
+    if encoder_name == "vgg16":
+        return ("fc7", "pool4", "pool3")
+    top = max_stride(encoder)
+    return (f"stride{top}", f"stride{top // 2}", f"stride{top // 4}")
+
+
+class FCN(nn.Module):
+    """Fully convolutional network.
+
+    Attributes:
+      num_classes: output channels.
+      num_skips: 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s).
+      encoder: encoder name ("vgg16", "resnet50", ...), `encoder_options` its options.
+      features: the coarsest feature then the skips, coarse to fine; default
+        ("fc7", "pool4", "pool3") for VGG16, ("stride32", "stride16", "stride8")
+        otherwise. Only the first num_skips + 1 are used.
+      upsample: "transposed" (bilinear-initialised) or "resize" (bilinear).
+      train_upsample: learn the transposed conv kernels (else fixed bilinear).
+      alignment: "same" or "caffe" (see module docstring).
+      skip_scales: factors applied to the skip features before scoring.
+      zero_init_scores: FCN's zero-initialised score layers.
+    """
+
+    num_classes: int
+    num_skips: int = 2
+    encoder: str = "vgg16"
+    encoder_options: Mapping = None
+    features: Sequence[str] | None = None
+    upsample: str = "transposed"
+    train_upsample: bool = True
+    alignment: str = "same"
+    skip_scales: Sequence[float] | None = None
+    zero_init_scores: bool = True
+
+    def _encoder(self) -> nn.Module:
+        options = dict(self.encoder_options or {})
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment {self.alignment!r} is not one of {ALIGNMENTS}")
+        if self.alignment == "caffe":
+            if self.encoder != "vgg16" or self.upsample != "transposed":
+                raise ValueError(
+                    "alignment='caffe' reproduces the reference VGG16 nets with transposed-conv"
+                    f" upsampling; for encoder={self.encoder!r}, upsample={self.upsample!r} use"
+                    " alignment='same'"
+                )
+            options.update(input_padding=100, ceil_mode=True, fc6_padding="VALID")
+        return get_encoder(self.encoder, name="encoder", **options)
+
+    def _upsample(self, factor, name, caffe):
+        return Upsample(
+            factor, kind=self.upsample, trainable=self.train_upsample, bilinear_init=True,
+            padding=0 if caffe else None, name=name,
+        )
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        height, width = x.shape[1:3]
+        caffe = self.alignment == "caffe"
+        encoder = self._encoder()
+        names = tuple(self.features or default_fcn_features(encoder, self.encoder))
+        if not 0 <= self.num_skips < len(names):
+            raise ValueError(f"num_skips={self.num_skips} needs {self.num_skips + 1} features,"
+                             f" got {names}")
+        names = names[: self.num_skips + 1]
+        strides = encoder.feature_strides()
+        missing = [n for n in names if n not in strides]
+        if missing:
+            raise ValueError(f"encoder {self.encoder!r} has no feature(s) {missing};"
+                             f" it has {sorted(strides)}")
+        if self.skip_scales is not None and len(self.skip_scales) < self.num_skips:
+            raise ValueError(f"skip_scales {tuple(self.skip_scales)} needs one factor per skip"
+                             f" ({self.num_skips})")
+        if caffe and any(n not in CAFFE_SKIP_OFFSETS for n in names[1:]):
+            raise ValueError(f"alignment='caffe' knows the crops of {sorted(CAFFE_SKIP_OFFSETS)}")
+        if not caffe:
+            check_divisible(height, width, strides[names[0]], f"FCN on {self.encoder}")
+
+        features = encoder(x, train)
+        score = ScoreHead(self.num_classes, self.zero_init_scores, name="score_fr")(features[names[0]])
+        stride = strides[names[0]]
+        for index, name in enumerate(names[1:]):
+            score = self._upsample(stride // strides[name], f"upscore_{name}", caffe)(score)
+            skip = features[name]
+            if self.skip_scales is not None:
+                skip = skip * self.skip_scales[index]
+            skip_score = ScoreHead(self.num_classes, self.zero_init_scores, name=f"score_{name}")(skip)
+            score = score_and_sum(score, skip_score, CAFFE_SKIP_OFFSETS[name] if caffe else None)
+            stride = strides[name]
+        score = self._upsample(stride, f"upscore{stride}", caffe)(score)
+        if caffe:
+            score = crop_at(score, CAFFE_FINAL_OFFSETS[stride], height, width)
+        return score

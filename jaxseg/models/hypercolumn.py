@@ -1,0 +1,110 @@
+"""Hypercolumns (Hariharan et al. 2015): per-pixel classifiers on features from many layers.
+
+The hypercolumn of a pixel stacks the activations above it in several layers.
+Each chosen layer is projected by a 1x1 conv (a linear classifier on the
+concatenated hypercolumn is a sum of per-layer linear maps), brought to one
+resolution with the resize upsampler, fused (sum or concatenation), passed
+through a ReLU and classified per pixel. As in the paper, the classifier can
+be a coarse K x K grid of location-specific classifiers whose outputs are
+interpolated bilinearly across the image, so that a pixel's classifier depends
+on where it lies.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg.models.encoders import get_encoder, max_stride
+from jaxseg.models.layers import check_divisible
+from jaxseg.models.upsample import resize
+
+FUSIONS = ("sum", "concat")
+
+
+def default_hypercolumn_features(encoder: nn.Module, encoder_name: str) -> tuple[str, ...]:
+    """Low, middle and high layers: VGG16 pool2, conv4_3, fc7; otherwise by stride 4, 8, max."""
+    if encoder_name == "vgg16":
+        return ("pool2", "conv4_3", "fc7")
+    return ("stride4", "stride8", f"stride{max_stride(encoder)}")
+
+
+def grid_interpolation_weights(size: int, grid: int) -> np.ndarray:
+    """(size, grid) weights: each pixel's bilinear share of the `grid` classifiers along one axis.
+
+    Classifier k sits at the centre of the k-th of `grid` equal cells; pixels
+    before the first or after the last centre take that classifier alone.
+    """
+    position = (np.arange(size) + 0.5) / size * grid - 0.5
+    position = np.clip(position, 0, grid - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, grid - 1)
+    frac = position - low
+    weights = np.zeros((size, grid), np.float32)
+    np.add.at(weights, (np.arange(size), low), 1 - frac)
+    np.add.at(weights, (np.arange(size), high), frac)
+    return weights
+
+
+class Hypercolumn(nn.Module):
+    """Hypercolumn segmentation network.
+
+    Attributes:
+      num_classes: output channels.
+      encoder, encoder_options: the backbone (default VGG16 with fc6/fc7).
+      features: layers whose activations form the hypercolumn.
+      projection_features: width of each layer's 1x1 projection.
+      fusion: "sum" or "concat" of the projected, resized layers.
+      resolution: stride at which the hypercolumns are classified (default:
+        the finest chosen layer's); the scores are then resized to the input.
+      location_grid: K; 1 is a single classifier, K > 1 a K x K grid of
+        location-specific classifiers interpolated per pixel.
+      resize_method: "bilinear" or "nearest".
+    """
+
+    num_classes: int
+    encoder: str = "vgg16"
+    encoder_options: Mapping = None
+    features: Sequence[str] | None = None
+    projection_features: int = 256
+    fusion: str = "sum"
+    resolution: int | None = None
+    location_grid: int = 1
+    resize_method: str = "bilinear"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+        if self.location_grid < 1:
+            raise ValueError(f"location_grid must be >= 1, got {self.location_grid}")
+        encoder = get_encoder(self.encoder, name="encoder", **(self.encoder_options or {}))
+        names = tuple(self.features or default_hypercolumn_features(encoder, self.encoder))
+        strides = encoder.feature_strides()
+        missing = [n for n in names if n not in strides]
+        if missing:
+            raise ValueError(f"encoder {self.encoder!r} has no feature(s) {missing};"
+                             f" it has {sorted(strides)}")
+        height, width = x.shape[1:3]
+        check_divisible(height, width, max(strides[n] for n in names), "Hypercolumn")
+        resolution = self.resolution or min(strides[n] for n in names)
+        check_divisible(height, width, resolution, "Hypercolumn (resolution)")
+        out_h, out_w = height // resolution, width // resolution
+
+        features = encoder(x, train)
+        columns = []
+        for name in names:
+            column = nn.Conv(self.projection_features, (1, 1), name=f"project_{name}")(features[name])
+            columns.append(resize(column, out_h, out_w, self.resize_method))
+        fused = sum(columns) if self.fusion == "sum" else jnp.concatenate(columns, axis=-1)
+        fused = nn.relu(fused)
+
+        grid = self.location_grid
+        scores = nn.Conv(self.num_classes * grid * grid, (1, 1), name="classifier")(fused)
+        if grid > 1:
+            scores = scores.reshape(*scores.shape[:3], grid, grid, self.num_classes)
+            rows = jnp.asarray(grid_interpolation_weights(out_h, grid))
+            cols = jnp.asarray(grid_interpolation_weights(out_w, grid))
+            scores = jnp.einsum("nyxijc,yi,xj->nyxc", scores, rows, cols)
+        return resize(scores, height, width, self.resize_method)
