@@ -89,3 +89,22 @@ def validate_config(config: ml_collections.ConfigDict, schema=None, prefix="") -
                     f"config key {path!r} must be a dict of {sorted(schema[key].keys())}"
                 )
             validate_config(value, schema[key], prefix=f"{path}.")
+
+
+def use_shapes_data(config: ml_collections.ConfigDict, image_size: int = 64) -> None:
+    """Sets `config.data` to the built-in shapes dataset with flip + scale/crop augmentation."""
+    config.data.name = "shapes"
+    config.data.options = ml_collections.ConfigDict(
+        {
+            "image_size": image_size,
+            "num_train": 4000,
+            "num_validation": 500,
+            "num_test": 500,
+            "seed": 0,
+            "data_dir": "",  # "": the TFDS default (~/tensorflow_datasets)
+        }
+    )
+    config.data.eval_batch_size = 50
+    config.data.augment.flip = True
+    config.data.augment.scale_range = (0.8, 1.25)
+    config.data.augment.crop_size = (image_size, image_size)

@@ -82,7 +82,11 @@ def test_invalid_sizes_name_the_nearest_valid_ones():
     with pytest.raises(ValueError, match=r"nearest valid output sizes: \[388, 404\]"):
         unet_input_size(390)
     model = get_model("unet", num_classes=2, base_features=2)
-    with pytest.raises(ValueError, match=r"input height 40 is not divisible by the output stride 16; nearest valid sizes: \[32, 48\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"input height 40 is not divisible by the output stride 16;"
+        r" nearest valid sizes: \[32, 48\]",
+    ):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
 
 

@@ -21,19 +21,21 @@ class SegmentationInfo:
     ignore_label: int = 255
     palette: tuple[tuple[int, int, int], ...] | None = None
     class_frequencies: tuple[float, ...] | None = None
+    presence_frequencies: tuple[float, ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def median_frequency_weights(self) -> np.ndarray:
-        """Median-frequency class weights (Eigen & Fergus 2015): median(f) / f_c.
+        """Median-frequency balancing (Eigen & Fergus 2015): weight_c = median(f) / f_c.
 
-        Classes with frequency 0 get weight 0 (they contribute no pixels anyway).
+        f_c is the pixels of class c over the pixels of the images in which c
+        occurs (`presence_frequencies`). Classes that never occur get weight 0.
         """
-        if self.class_frequencies is None:
+        if self.presence_frequencies is None:
             raise ValueError("this dataset has no class frequencies; cannot compute class weights")
-        freqs = np.asarray(self.class_frequencies, np.float64)
+        freqs = np.asarray(self.presence_frequencies, np.float64)
         present = freqs > 0
         median = np.median(freqs[present])
         weights = np.zeros_like(freqs)
@@ -41,12 +43,22 @@ class SegmentationInfo:
         return weights.astype(np.float32)
 
 
-def class_frequencies(masks, num_classes: int, ignore_label: int) -> tuple[float, ...]:
-    """Fraction of labelled pixels per class over an iterable of masks."""
+def class_statistics(masks, num_classes: int, ignore_label: int):
+    """(class_frequencies, presence_frequencies) over an iterable of masks.
+
+    class_frequencies: fraction of all labelled pixels in each class.
+    presence_frequencies: pixels of each class over the labelled pixels of
+    the masks in which it occurs (0 if it never occurs).
+    """
     counts = np.zeros(num_classes, np.int64)
+    present_totals = np.zeros(num_classes, np.int64)
     for mask in masks:
         values = np.asarray(mask).ravel()
         values = values[values != ignore_label]
-        counts += np.bincount(values, minlength=num_classes)[:num_classes]
+        image_counts = np.bincount(values, minlength=num_classes)[:num_classes]
+        counts += image_counts
+        present_totals += np.where(image_counts > 0, values.size, 0)
     total = counts.sum()
-    return tuple(float(c / total) if total else 0.0 for c in counts)
+    frequencies = tuple(float(c / total) if total else 0.0 for c in counts)
+    presence = tuple(float(c / t) if t else 0.0 for c, t in zip(counts, present_totals))
+    return frequencies, presence

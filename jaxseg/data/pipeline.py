@@ -10,12 +10,16 @@ at step s therefore sees exactly the batches an uninterrupted run would.
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
 
-from jaxseg.data.transforms import AugmentConfig, augment
+from jaxseg.data.transforms import AugmentConfig, augment, pad_to_multiple
+
+# A last per-example step after augmentation, e.g. the mirror padding a model
+# with unpadded convolutions needs (see jaxseg.train.loop.model_input_padding).
+Finalize = Callable[[dict], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +58,9 @@ def to_example(record: Mapping[str, np.ndarray]) -> dict:
     return example
 
 
-def _augment_example(record, rng, augment_config):
-    return augment(to_example(record), rng, augment_config)
+def _augment_example(record, rng, augment_config, finalize):
+    example = augment(to_example(record), rng, augment_config)
+    return finalize(example) if finalize else example
 
 
 def train_dataset(
@@ -65,6 +70,7 @@ def train_dataset(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    finalize: Finalize | None = None,
 ) -> grain.IterDataset:
     """The infinite stream of this process's training batches (dicts of numpy arrays)."""
     if len(source) == 0:
@@ -75,7 +81,9 @@ def train_dataset(
         .seed(seed)
         .shuffle()
         .repeat()  # reshuffles every epoch
-        .random_map(functools.partial(_augment_example, augment_config=augment_config))
+        .random_map(
+            functools.partial(_augment_example, augment_config=augment_config, finalize=finalize)
+        )
         .batch(local_batch, drop_remainder=True)
     )[process_index::process_count]
     return _to_iter(dataset, loader)
@@ -85,16 +93,17 @@ def eval_dataset(
     source: Sequence,
     loader: LoaderConfig,
     ignore_label: int,
-    pad_to_multiple: int = 1,
+    multiple: int = 1,
     process_index: int = 0,
     process_count: int = 1,
+    finalize: Finalize | None = None,
 ) -> grain.IterDataset:
     """One pass over `source` in order, in global batches.
 
     The last global batch is completed with blank examples whose mask is all
     `ignore_label`, so every process gets the same number of full batches and
     the blanks count in no metric. Images are padded (bottom/right, mask with
-    `ignore_label`) to a multiple of `pad_to_multiple`.
+    `ignore_label`) to a multiple of `multiple`, then `finalize`d.
     """
     if len(source) == 0:
         raise ValueError("the evaluation split is empty")
@@ -111,26 +120,13 @@ def eval_dataset(
                 "image": np.zeros_like(shape_of_first["image"]),
                 "mask": np.full_like(shape_of_first["mask"], ignore_label),
             }
-        return pad_example(example, pad_to_multiple, ignore_label)
+        example = pad_to_multiple(example, multiple, ignore_label)
+        return finalize(example) if finalize else example
 
     dataset = (
         grain.MapDataset.range(num_padded).map(load).batch(local_batch, drop_remainder=True)
     )[process_index::process_count]
     return _to_iter(dataset, loader)
-
-
-def pad_example(example: dict, multiple: int, ignore_label: int) -> dict:
-    """Pads an example at the bottom/right so its sides are multiples of `multiple`."""
-    height, width = example["mask"].shape
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not (pad_h or pad_w):
-        return example
-    out = dict(example)
-    out["image"] = np.pad(example["image"], ((0, pad_h), (0, pad_w), (0, 0)))
-    out["mask"] = np.pad(example["mask"], ((0, pad_h), (0, pad_w)), constant_values=ignore_label)
-    if "weight" in example:
-        out["weight"] = np.pad(example["weight"], ((0, pad_h), (0, pad_w)))
-    return out
 
 
 def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDataset:

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxseg.data.info import SegmentationInfo
+from jaxseg.data.info import SegmentationInfo, class_statistics
 
 CLASS_NAMES = ("background", "disc", "square", "triangle", "ring")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200))
@@ -172,17 +172,14 @@ def load_shapes(
     )
     builder.download_and_prepare()
     sources = {split: builder.as_data_source(split=split) for split in SPLITS}
+    train = sources["train"]
+    masks = (train[i]["mask"] for i in range(min(len(train), 500)))  # a sample suffices
+    frequencies, presence = class_statistics(masks, len(CLASS_NAMES), 255)
     info = SegmentationInfo(
         class_names=CLASS_NAMES,
         ignore_label=255,
         palette=PALETTE,
-        class_frequencies=_train_frequencies(sources["train"]),
+        class_frequencies=frequencies,
+        presence_frequencies=presence,
     )
     return sources, info
-
-
-def _train_frequencies(source, max_examples=500):
-    from jaxseg.data.info import class_frequencies  # noqa: PLC0415
-
-    count = min(len(source), max_examples)
-    return class_frequencies((source[i]["mask"] for i in range(count)), len(CLASS_NAMES), 255)

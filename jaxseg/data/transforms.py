@@ -135,3 +135,26 @@ def _colour_jitter(image, rng, config):
         grey = image.mean(axis=-1, keepdims=True)
         image = (image - grey) * rng.uniform(1 - config.saturation, 1 + config.saturation) + grey
     return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+def pad_example(example: dict, image_pads, label_pads, ignore_label: int) -> dict:
+    """Pads the image by mirroring, the mask with `ignore_label`, the weight with 0.
+
+    Pads are ((top, bottom), (left, right)) for the image and for the labels.
+    """
+    out = dict(example)
+    out["image"] = np.pad(example["image"], (*image_pads, (0, 0)), mode="reflect")
+    out["mask"] = np.pad(example["mask"], label_pads, constant_values=ignore_label)
+    if "weight" in example:
+        out["weight"] = np.pad(example["weight"], label_pads)
+    return out
+
+
+def pad_to_multiple(example: dict, multiple: int, ignore_label: int) -> dict:
+    """Pads bottom/right so the sides are multiples of `multiple` (image mirrored, mask ignored)."""
+    height, width = example["mask"].shape
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return example
+    pads = ((0, pad_h), (0, pad_w))
+    return pad_example(example, pads, pads, ignore_label)

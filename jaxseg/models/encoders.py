@@ -9,6 +9,7 @@ decoder consumes by stride.
 """
 
 import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -63,8 +64,9 @@ class VGG16(nn.Module):
         for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
             for index in range(1, convs + 1):
                 pad = self.input_padding if (block, index) == (1, 1) else 1
-                x = nn.Conv(width, (3, 3), padding=((pad, pad), (pad, pad)),
-                            name=f"conv{block}_{index}")(x)
+                x = nn.Conv(
+                    width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{block}_{index}"
+                )(x)
                 x = nn.relu(x)
             features[f"conv{block}_{convs}"] = features[f"stride{2 ** (block - 1)}"] = x
             x = max_pool(x, 2, 2, ceil_mode=self.ceil_mode)
@@ -83,12 +85,19 @@ class VGG16(nn.Module):
 def _conv_bn(x, features, kernel, strides, dilation, train, name):
     """torchvision's conv (no bias, symmetric padding) + BatchNorm."""
     pad = dilation * (kernel - 1) // 2
-    x = nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                kernel_dilation=dilation, use_bias=False,
-                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                name=f"{name}_conv")(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        name=f"{name}_bn")(x)
+    x = nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=strides,
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=dilation,
+        use_bias=False,
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        name=f"{name}_conv",
+    )(x)
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"{name}_bn"
+    )(x)
 
 
 class BasicBlock(nn.Module):
@@ -219,7 +228,9 @@ class UNetEncoder(nn.Module):
     def feature_channels(self) -> dict[str, int]:
         channels = {}
         for level in range(self.depth + 1):
-            channels[f"level{level}"] = channels[f"stride{2**level}"] = self.base_features * 2**level
+            channels[f"level{level}"] = channels[f"stride{2**level}"] = (
+                self.base_features * 2**level
+            )
         return channels
 
     def feature_strides(self) -> dict[str, int]:
@@ -234,8 +245,12 @@ class UNetEncoder(nn.Module):
         for level in range(self.depth + 1):
             if level:
                 x = max_pool(x, 2, 2)
-            x = DoubleConv(self.base_features * 2**level, self.padding, self.use_batch_norm,
-                           name=f"level{level}")(x, train)
+            x = DoubleConv(
+                self.base_features * 2**level,
+                self.padding,
+                self.use_batch_norm,
+                name=f"level{level}",
+            )(x, train)
             features[f"level{level}"] = features[f"stride{2**level}"] = x
         return features
 

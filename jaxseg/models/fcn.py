@@ -83,8 +83,12 @@ class FCN(nn.Module):
 
     def _upsample(self, factor, name, caffe):
         return Upsample(
-            factor, kind=self.upsample, trainable=self.train_upsample, bilinear_init=True,
-            padding=0 if caffe else None, name=name,
+            factor,
+            kind=self.upsample,
+            trainable=self.train_upsample,
+            bilinear_init=True,
+            padding=0 if caffe else None,
+            name=name,
         )
 
     @nn.compact
@@ -94,31 +98,39 @@ class FCN(nn.Module):
         encoder = self._encoder()
         names = tuple(self.features or default_fcn_features(encoder, self.encoder))
         if not 0 <= self.num_skips < len(names):
-            raise ValueError(f"num_skips={self.num_skips} needs {self.num_skips + 1} features,"
-                             f" got {names}")
+            raise ValueError(
+                f"num_skips={self.num_skips} needs {self.num_skips + 1} features, got {names}"
+            )
         names = names[: self.num_skips + 1]
         strides = encoder.feature_strides()
         missing = [n for n in names if n not in strides]
         if missing:
-            raise ValueError(f"encoder {self.encoder!r} has no feature(s) {missing};"
-                             f" it has {sorted(strides)}")
+            raise ValueError(
+                f"encoder {self.encoder!r} has no feature(s) {missing}; it has {sorted(strides)}"
+            )
         if self.skip_scales is not None and len(self.skip_scales) < self.num_skips:
-            raise ValueError(f"skip_scales {tuple(self.skip_scales)} needs one factor per skip"
-                             f" ({self.num_skips})")
+            raise ValueError(
+                f"skip_scales {tuple(self.skip_scales)} needs one factor per skip"
+                f" ({self.num_skips})"
+            )
         if caffe and any(n not in CAFFE_SKIP_OFFSETS for n in names[1:]):
             raise ValueError(f"alignment='caffe' knows the crops of {sorted(CAFFE_SKIP_OFFSETS)}")
         if not caffe:
             check_divisible(height, width, strides[names[0]], f"FCN on {self.encoder}")
 
         features = encoder(x, train)
-        score = ScoreHead(self.num_classes, self.zero_init_scores, name="score_fr")(features[names[0]])
+        score = ScoreHead(self.num_classes, self.zero_init_scores, name="score_fr")(
+            features[names[0]]
+        )
         stride = strides[names[0]]
         for index, name in enumerate(names[1:]):
             score = self._upsample(stride // strides[name], f"upscore_{name}", caffe)(score)
             skip = features[name]
             if self.skip_scales is not None:
                 skip = skip * self.skip_scales[index]
-            skip_score = ScoreHead(self.num_classes, self.zero_init_scores, name=f"score_{name}")(skip)
+            skip_score = ScoreHead(self.num_classes, self.zero_init_scores, name=f"score_{name}")(
+                skip
+            )
             score = score_and_sum(score, skip_score, CAFFE_SKIP_OFFSETS[name] if caffe else None)
             stride = strides[name]
         score = self._upsample(stride, f"upscore{stride}", caffe)(score)

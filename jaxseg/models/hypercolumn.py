@@ -84,8 +84,9 @@ class Hypercolumn(nn.Module):
         strides = encoder.feature_strides()
         missing = [n for n in names if n not in strides]
         if missing:
-            raise ValueError(f"encoder {self.encoder!r} has no feature(s) {missing};"
-                             f" it has {sorted(strides)}")
+            raise ValueError(
+                f"encoder {self.encoder!r} has no feature(s) {missing}; it has {sorted(strides)}"
+            )
         height, width = x.shape[1:3]
         check_divisible(height, width, max(strides[n] for n in names), "Hypercolumn")
         resolution = self.resolution or min(strides[n] for n in names)
@@ -95,7 +96,9 @@ class Hypercolumn(nn.Module):
         features = encoder(x, train)
         columns = []
         for name in names:
-            column = nn.Conv(self.projection_features, (1, 1), name=f"project_{name}")(features[name])
+            column = nn.Conv(self.projection_features, (1, 1), name=f"project_{name}")(
+                features[name]
+            )
             columns.append(resize(column, out_h, out_w, self.resize_method))
         fused = sum(columns) if self.fusion == "sum" else jnp.concatenate(columns, axis=-1)
         fused = nn.relu(fused)

@@ -101,7 +101,7 @@ def nearest_valid(size: int, is_valid, limit: int = 4096) -> list[int]:
 
 
 def check_divisible(height: int, width: int, stride: int, model: str) -> None:
-    """Raises ValueError naming the nearest valid sizes when a side is not a multiple of `stride`."""
+    """Raises ValueError naming the nearest valid sizes if a side is not a multiple of `stride`."""
     for side, size in (("height", height), ("width", width)):
         if size <= 0 or size % stride:
             raise ValueError(

@@ -80,6 +80,36 @@ def unet_input_size(output_size: int, depth: int = 4) -> int:
     )
 
 
+def unet_tile_padding(height: int, width: int, depth: int = 4):
+    """How to pad a (height x width) image and label map for the original (unpadded) U-Net.
+
+    The net predicts the centre of its input tile. The output side O is the
+    smallest valid one >= the label side; the labels are padded to O (with the
+    ignore label) and the image to the matching input side by mirroring, the
+    paper's extrapolation of the missing context.
+
+    Returns:
+      (image_pads, label_pads), each ((top, bottom), (left, right)).
+    """
+    image_pads, label_pads = [], []
+    for side in (height, width):
+        output = next(o for o in range(side, side + 2 ** (depth + 2)) if _output_is_valid(o, depth))
+        tile = unet_input_size(output, depth)
+        label_top = (output - side) // 2
+        image_top = (tile - output) // 2 + label_top
+        label_pads.append((label_top, output - side - label_top))
+        image_pads.append((image_top, tile - side - image_top))
+    return tuple(image_pads), tuple(label_pads)
+
+
+def _output_is_valid(output: int, depth: int) -> bool:
+    try:
+        unet_input_size(output, depth)
+    except ValueError:
+        return False
+    return True
+
+
 class UNet(nn.Module):
     """U-Net: contracting path, expanding path of up-convs and crop-and-concat merges.
 
@@ -113,10 +143,13 @@ class UNet(nn.Module):
             raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
         if self.encoder == "unet":
             if self.encoder_options:
-                raise ValueError("the 'unet' encoder is shaped by base_features, depth, padding"
-                                 " and use_batch_norm; encoder_options must be empty")
-            return UNetEncoder(self.base_features, self.depth, self.padding, self.use_batch_norm,
-                               name="encoder")
+                raise ValueError(
+                    "the 'unet' encoder is shaped by base_features, depth, padding"
+                    " and use_batch_norm; encoder_options must be empty"
+                )
+            return UNetEncoder(
+                self.base_features, self.depth, self.padding, self.use_batch_norm, name="encoder"
+            )
         if self.padding != "SAME":
             raise ValueError("the original unpadded U-Net needs encoder='unet'")
         return get_encoder(self.encoder, name="encoder", **(self.encoder_options or {}))
@@ -147,9 +180,9 @@ class UNet(nn.Module):
                 name=f"up{level}",
             )(x)
             x = crop_and_concat(skip, x)
-            x = DoubleConv(skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}")(
-                x, train
-            )
+            x = DoubleConv(
+                skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}"
+            )(x, train)
         scores = nn.Conv(self.num_classes, (1, 1), name="classifier")(x)
         if strides[0] > 1:
             scores = resize(scores, height, width)

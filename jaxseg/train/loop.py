@@ -14,8 +14,9 @@ from tqdm import tqdm
 from jaxseg.config import validate_config
 from jaxseg.data import load_dataset
 from jaxseg.data.pipeline import LoaderConfig, batches, eval_dataset, train_dataset
-from jaxseg.data.transforms import AugmentConfig
+from jaxseg.data.transforms import AugmentConfig, pad_example
 from jaxseg.models import get_model
+from jaxseg.models.unet import UNet, unet_tile_padding
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.reporting import MetricsLogger, format_table, summarize
@@ -47,6 +48,19 @@ def build_model(config, num_classes: int):
     name = options.pop("name")
     options.setdefault("num_classes", num_classes)
     return get_model(name, **options)
+
+
+def model_input_padding(model, ignore_label: int):
+    """The per-example padding a model needs, or None: the original U-Net predicts the
+    centre of a larger, mirror-padded tile (`unet_tile_padding`)."""
+    if not (isinstance(model, UNet) and model.padding == "VALID"):
+        return None
+
+    def pad(example):
+        image_pads, label_pads = unet_tile_padding(*example["mask"].shape, model.depth)
+        return pad_example(example, image_pads, label_pads, ignore_label)
+
+    return pad
 
 
 def augment_config(config, ignore_label: int) -> AugmentConfig:
@@ -159,7 +173,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     num_steps = config.train.num_steps
     tx = make_optimizer(config.optim, num_steps)
     augment = augment_config(config, info.ignore_label)
-    image_shape = (*(augment.crop_size or train_source[0]["mask"].shape[:2]), 3)
+    finalize = model_input_padding(model, info.ignore_label)
+    train_hw = augment.crop_size or train_source[0]["mask"].shape[:2]
+    image_shape = (*train_hw, 3)
+    if finalize:
+        blank = {"image": np.zeros(image_shape, np.uint8), "mask": np.zeros(train_hw, np.int32)}
+        image_shape = finalize(blank)["image"].shape
 
     # Init draws one random tensor per layer: with threefry keys XLA on CPU spends
     # seconds compiling that, with RBG keys a fraction. Dropout keeps threefry,
@@ -208,12 +227,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
 
     def make_eval_dataset(split):
         return eval_dataset(
-            sources[split], eval_loader, info.ignore_label, config.data.eval_pad_multiple, **shard
+            sources[split],
+            eval_loader,
+            info.ignore_label,
+            config.data.eval_pad_multiple,
+            finalize=finalize,
+            **shard,
         )
 
-    train_iter = batches(
-        train_dataset(train_source, augment, loader, config.seed, **shard), data_state
+    train_data = train_dataset(
+        train_source, augment, loader, config.seed, finalize=finalize, **shard
     )
+    train_iter = batches(train_data, data_state)
     logger = MetricsLogger(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
     accumulator = _Accumulator()
     progress = tqdm(

@@ -1,0 +1,82 @@
+"""Trains every model config on the built-in shapes dataset and prints the README's model table.
+
+    python benchmarks/model_zoo.py                      # all configs, workdirs runs/zoo/<config>
+    python benchmarks/model_zoo.py unet fcn8s_vgg16     # some of them
+
+Each config is run as `python train.py --config configs/<name>.py --workdir runs/zoo/<name>`
+(resuming if the workdir exists). Reported: steps, images seen, the median training
+throughput over the logged intervals (images/s), the training wall time, and the final
+validation metrics from <workdir>/final_metrics.json.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = (
+    "default",
+    "unet",
+    "unet_original",
+    "fcn32s_vgg16",
+    "fcn16s_vgg16",
+    "fcn8s_vgg16",
+    "fcn8s_resnet50",
+    "hypercolumn_vgg16",
+)
+
+
+def run(name: str) -> dict:
+    workdir = os.path.join(REPO, "runs", "zoo", name)
+    command = [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        "--config",
+        os.path.join(REPO, "configs", f"{name}.py"),
+        "--workdir",
+        workdir,
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    train = [r for r in records if r["split"] == "train"]
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+        final = json.load(f)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    steps = final["step"]
+    return {
+        "config": name,
+        "steps": steps,
+        "images": steps * config["data"]["batch_size"],
+        # the first interval includes compilation
+        "images_per_second": statistics.median(r["images_per_second"] for r in train[1:] or train),
+        "wall_seconds": seconds,
+        **{k: final["validation"][k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")},
+    }
+
+
+def main(names):
+    rows = []
+    for name in names or CONFIGS:
+        rows.append(run(name))
+        print(json.dumps(rows[-1]), flush=True)
+    print(
+        "\n| config | steps | images | median img/s | wall time | pixel acc | mean acc | mIoU | f.w. IoU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| `configs/{r['config']}.py` | {r['steps']} | {r['images']} |"
+            f" {r['images_per_second']:.1f} | {r['wall_seconds'] / 60:.1f} min |"
+            f" {r['pixel_acc']:.3f} | {r['mean_acc']:.3f} | {r['miou']:.3f} | {r['fwiou']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
