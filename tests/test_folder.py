@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from PIL import Image
 
 from jaxseg.data import DatasetError, load_dataset

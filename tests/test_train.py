@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config
+from helpers import REPO, tiny_config
 
 from jaxseg.train.checkpoint import CheckpointMismatchError
 from jaxseg.train.loop import train_and_evaluate

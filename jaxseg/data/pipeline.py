@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from jaxseg.data.transforms import AugmentConfig, augment, pad_to_multiple
 
@@ -97,23 +98,26 @@ def eval_dataset(
     process_index: int = 0,
     process_count: int = 1,
     finalize: Finalize | None = None,
+    limit: int = 0,
 ) -> grain.IterDataset:
     """One pass over `source` in order, in global batches.
 
     The last global batch is completed with blank examples whose mask is all
     `ignore_label`, so every process gets the same number of full batches and
     the blanks count in no metric. Images are padded (bottom/right, mask with
-    `ignore_label`) to a multiple of `multiple`, then `finalize`d.
+    `ignore_label`) to a multiple of `multiple`, then `finalize`d. `limit` > 0
+    evaluates only the first `limit` examples.
     """
     if len(source) == 0:
         raise ValueError("the evaluation split is empty")
     global_batch = loader.global_batch_size
     local_batch = local_batch_size(global_batch, process_count)
-    num_padded = -(-len(source) // global_batch) * global_batch
+    num_examples = min(len(source), limit) if limit > 0 else len(source)
+    num_padded = -(-num_examples // global_batch) * global_batch
     shape_of_first = to_example(source[0])
 
     def load(index):
-        if index < len(source):
+        if index < num_examples:
             example = to_example(source[index])
         else:
             example = {
@@ -134,6 +138,10 @@ def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDatas
         grain.ReadOptions(num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch)
     )
     if loader.num_workers > 0:
+        # grain's workers read absl flags; outside an absl app (tests, notebooks)
+        # they are unparsed, so take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=loader.num_workers, per_worker_buffer_size=loader.prefetch

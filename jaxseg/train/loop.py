@@ -232,6 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
             info.ignore_label,
             config.data.eval_pad_multiple,
             finalize=finalize,
+            limit=config.data.eval_examples,
             **shard,
         )
 
