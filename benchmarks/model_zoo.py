@@ -66,9 +66,18 @@ def main(names):
     for name in names or CONFIGS:
         rows.append(run(name))
         print(json.dumps(rows[-1]), flush=True)
-    print(
-        "\n| config | steps | images | median img/s | wall time | pixel acc | mean acc | mIoU | f.w. IoU |"
+    columns = (
+        "config",
+        "steps",
+        "images",
+        "median img/s",
+        "wall time",
+        "pixel acc",
+        "mean acc",
+        "mIoU",
+        "f.w. IoU",
     )
+    print("\n| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 16
     config.data.eval_pad_multiple = 1  # pad eval images to a multiple of this
     config.data.eval_examples = 0  # evaluate on the first n examples of a split; 0 = all
+    config.data.eval_pad_to = ()  # (H, W): pad eval images of different sizes to one size
     config.data.num_threads = 2
     config.data.num_workers = 0
     config.data.prefetch = 4

@@ -1,6 +1,6 @@
 """One process of a multi-process CPU run (used by test_multihost.py).
 
-    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DATA_DIR
+python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DATA_DIR
 """
 
 import os
@@ -26,8 +26,10 @@ def main(process_id, num_processes, port, workdir, data_dir):
 
     config = tiny_config(data_dir, **{"train.num_steps": 4, "train.num_devices": 0})
     results = train_and_evaluate(config, workdir)
-    print(f"process {jax.process_index()}: {jax.device_count()} devices,"
-          f" {jax.local_device_count()} local, miou {results['validation']['miou']:.6f}")
+    print(
+        f"process {jax.process_index()}: {jax.device_count()} devices,"
+        f" {jax.local_device_count()} local, miou {results['validation']['miou']:.6f}"
+    )
     jax.distributed.shutdown()
 
 

@@ -40,10 +40,11 @@ def test_config_trains_one_step(path, data_dir, tmp_path):
     assert "python train.py" in (path.read_text().split('"""')[1]), "docstring gives the command"
     # Same architecture, tiny work: 32x32 crops, batch 2, one step, 2 eval examples.
     if config.data.name == "shapes":
-        config.data.options.update(image_size=32, num_train=16, num_validation=4, num_test=4,
-                                   data_dir=data_dir)
+        config.data.options.update(
+            image_size=32, num_train=16, num_validation=4, num_test=4, data_dir=data_dir
+        )
     elif not os.path.isdir(config.data.options.root):
-        pytest.skip(f"{config.data.options.root} is absent (../shared/data is not beside this clone)")
+        pytest.skip(f"{config.data.options.root} is absent (no ../shared/data beside this clone)")
     config.data.augment.crop_size = (32, 32)
     config.data.batch_size = 2
     config.data.eval_batch_size = 2

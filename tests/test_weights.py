@@ -14,8 +14,12 @@ def _two_cells(gap=4):
 
 def _reference(mask, instances, class_weights, w0, sigma):
     """The formula with full distance transforms, no windows."""
-    distances = np.sort(np.stack([ndi.distance_transform_edt(instances != i)
-                                  for i in range(1, instances.max() + 1)]), axis=0)
+    distances = np.sort(
+        np.stack(
+            [ndi.distance_transform_edt(instances != i) for i in range(1, instances.max() + 1)]
+        ),
+        axis=0,
+    )
     border = w0 * np.exp(-((distances[0] + distances[1]) ** 2) / (2 * sigma**2))
     return np.asarray(class_weights)[mask] + np.where(mask == 0, border, 0)
 

@@ -94,7 +94,7 @@ def _read_image(path: str) -> np.ndarray:
 
 
 def _read_raw_mask(path: str) -> np.ndarray:
-    """The mask as stored: (H, W) values, or (H, W, 3) for RGB masks (palettes are kept as indices)."""
+    """The mask as stored: (H, W) values (palette PNGs as indices), or (H, W, 3) for RGB."""
     try:
         with Image.open(path) as mask:
             mask.load()

@@ -16,7 +16,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from jaxseg.data.transforms import AugmentConfig, augment, pad_to_multiple
+from jaxseg.data.transforms import AugmentConfig, augment, pad_to_multiple, pad_to_size
 
 # A last per-example step after augmentation, e.g. the mirror padding a model
 # with unpadded convolutions needs (see jaxseg.train.loop.model_input_padding).
@@ -99,14 +99,16 @@ def eval_dataset(
     process_count: int = 1,
     finalize: Finalize | None = None,
     limit: int = 0,
+    pad_to: tuple[int, int] | None = None,
 ) -> grain.IterDataset:
     """One pass over `source` in order, in global batches.
 
     The last global batch is completed with blank examples whose mask is all
     `ignore_label`, so every process gets the same number of full batches and
     the blanks count in no metric. Images are padded (bottom/right, mask with
-    `ignore_label`) to a multiple of `multiple`, then `finalize`d. `limit` > 0
-    evaluates only the first `limit` examples.
+    `ignore_label`) to a multiple of `multiple`, or to `pad_to` (H, W) when the
+    images differ in size, then `finalize`d. `limit` > 0 evaluates only the
+    first `limit` examples.
     """
     if len(source) == 0:
         raise ValueError("the evaluation split is empty")
@@ -114,23 +116,36 @@ def eval_dataset(
     local_batch = local_batch_size(global_batch, process_count)
     num_examples = min(len(source), limit) if limit > 0 else len(source)
     num_padded = -(-num_examples // global_batch) * global_batch
-    shape_of_first = to_example(source[0])
+    first = to_example(source[0])
 
     def load(index):
         if index < num_examples:
             example = to_example(source[index])
-        else:
-            example = {
-                "image": np.zeros_like(shape_of_first["image"]),
-                "mask": np.full_like(shape_of_first["mask"], ignore_label),
-            }
+        else:  # a blank: zeros, and a mask (hence the metrics) all ignored
+            example = {key: np.zeros_like(value) for key, value in first.items()}
+            example["mask"] = np.full_like(first["mask"], ignore_label)
+        if pad_to:
+            example = pad_to_size(example, *pad_to, ignore_label)
         example = pad_to_multiple(example, multiple, ignore_label)
         return finalize(example) if finalize else example
 
     dataset = (
-        grain.MapDataset.range(num_padded).map(load).batch(local_batch, drop_remainder=True)
+        grain.MapDataset.range(num_padded)
+        .map(load)
+        .batch(local_batch, drop_remainder=True, batch_fn=_stack_same_size)
     )[process_index::process_count]
     return _to_iter(dataset, loader)
+
+
+def _stack_same_size(examples: Sequence[dict]) -> dict:
+    shapes = sorted({e["mask"].shape for e in examples})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"evaluation images of different sizes {shapes} in one batch; set"
+            f" data.eval_pad_to=(H, W) to the largest size, or data.eval_batch_size to the"
+            " number of devices"
+        )
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
 def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDataset:

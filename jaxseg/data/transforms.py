@@ -153,8 +153,17 @@ def pad_example(example: dict, image_pads, label_pads, ignore_label: int) -> dic
 def pad_to_multiple(example: dict, multiple: int, ignore_label: int) -> dict:
     """Pads bottom/right so the sides are multiples of `multiple` (image mirrored, mask ignored)."""
     height, width = example["mask"].shape
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not (pad_h or pad_w):
+    return pad_to_size(
+        example, height + -height % multiple, width + -width % multiple, ignore_label
+    )
+
+
+def pad_to_size(example: dict, height: int, width: int, ignore_label: int) -> dict:
+    """Pads bottom/right to (height, width) (image mirrored, mask ignored)."""
+    in_h, in_w = example["mask"].shape
+    if in_h > height or in_w > width:
+        raise ValueError(f"an evaluation image of {in_h}x{in_w} is larger than {height}x{width}")
+    if (in_h, in_w) == (height, width):
         return example
-    pads = ((0, pad_h), (0, pad_w))
+    pads = ((0, height - in_h), (0, width - in_w))
     return pad_example(example, pads, pads, ignore_label)

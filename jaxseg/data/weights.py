@@ -1,4 +1,4 @@
-"""The U-Net paper's weight map, which makes the net learn the thin borders between touching objects.
+"""The U-Net paper's weight map, to learn the thin borders between touching objects.
 
     w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))
 

@@ -169,6 +169,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     for split in eval_splits:
         _split(sources, split, "data.eval_split/test_split")
 
+    if config.loss.use_pixel_weights and "weight" not in train_source[0]:
+        raise ValueError(
+            f"loss.use_pixel_weights is set but dataset {config.data.name!r} gives no per-pixel"
+            " weights (folder datasets do with data.options.instances_dir)"
+        )
     model = build_model(config, info.num_classes)
     num_steps = config.train.num_steps
     tx = make_optimizer(config.optim, num_steps)
@@ -233,6 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
             config.data.eval_pad_multiple,
             finalize=finalize,
             limit=config.data.eval_examples,
+            pad_to=tuple(config.data.eval_pad_to) or None,
             **shard,
         )
 

@@ -37,7 +37,9 @@ def align_targets(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
 
 def _loss_and_metrics(logits, batch, loss_config, num_classes, ignore_label, class_weights):
     labels = align_targets(logits, batch["mask"])
-    pixel_weights = align_targets(logits, batch["weight"]) if "weight" in batch else None
+    pixel_weights = None
+    if loss_config.use_pixel_weights:
+        pixel_weights = align_targets(logits, batch["weight"])
     total, weight_sum = pixel_cross_entropy(
         logits, labels, ignore_label, class_weights, pixel_weights
     )
