@@ -1,22 +1,14 @@
 """Every config in configs/ resolves, builds its model and trains one step on tiny shapes."""
 
-import importlib.util
 import os
 
 import pytest
-from helpers import REPO
+from helpers import REPO, load_config
 
 from jaxseg.config import validate_config
 from jaxseg.train.loop import train_and_evaluate
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def test_there_are_configs_for_every_recipe():

@@ -1,4 +1,4 @@
-"""Two processes x 2 CPU devices (gloo collectives on 127.0.0.1) train like one process x 4."""
+"""Two train.py processes x 2 CPU devices (gloo on 127.0.0.1) train like one process x 4."""
 
 import os
 import socket
@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-from helpers import REPO, tiny_config
+from helpers import REPO, TINY_CONFIG, tiny_config
 
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.reporting import read_metrics
@@ -30,17 +30,20 @@ def test_two_processes_match_one(data_dir, tmp_path):
 
     multi = tmp_path / "multi"
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
-                str(REPO / "tests" / "multihost_worker.py"),
-                str(i),
-                "2",
-                str(port),
+                str(REPO / "train.py"),
+                "--config",
+                f"{TINY_CONFIG}:{data_dir}",
+                "--workdir",
                 str(multi),
-                data_dir,
+                "--config.train.num_devices=0",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -52,8 +55,8 @@ def test_two_processes_match_one(data_dir, tmp_path):
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
-    assert "process 0: 4 devices, 2 local" in outputs[0]
-    assert "process 1: 4 devices, 2 local" in outputs[1]
+    assert "4 device(s), 2 process(es)" in outputs[0]
+    assert "Final metrics at step 4" in outputs[0]  # process 0 prints the table
     np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-3)
     np.testing.assert_allclose(
         _losses(multi, "validation"), _losses(single, "validation"), rtol=1e-3

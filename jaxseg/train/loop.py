@@ -34,7 +34,7 @@ def prepare_workdir(workdir: str) -> str:
         raise ValueError(f"workdir {workdir} exists and is not a directory")
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")  # processes may share it
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
