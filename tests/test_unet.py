@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxseg.models import get_model, model_names, model_options
-from jaxseg.models.unet import unet_input_size, unet_output_size
+from jaxseg.models.unet import unet_input_size, unet_output_size, unet_tile_padding
 from jaxseg.train.state import count_params
 
 
@@ -97,3 +97,23 @@ def test_registry_errors_list_what_is_allowed():
     with pytest.raises(ValueError, match=r"no option\(s\) \['widht'\]; its options are"):
         get_model("unet", num_classes=2, widht=3)
     assert "base_features" in model_options("unet")
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "vgg16"])
+def test_unet_on_other_encoders_gives_input_size(encoder):
+    model = get_model("unet", num_classes=3, encoder=encoder)
+    x = jax.ShapeDtypeStruct((1, 64, 96, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert out.shape == (1, 64, 96, 3)
+    assert "encoder" in variables["params"] and "decoder0" in variables["params"]
+
+
+def test_tile_padding_makes_the_output_cover_the_labels():
+    image_pads, label_pads = unet_tile_padding(64, 70, depth=4)
+    for side, (image_pad, label_pad) in zip((64, 70), zip(image_pads, label_pads)):
+        tile, output = side + sum(image_pad), side + sum(label_pad)
+        assert unet_output_size(tile) == output >= side
+        # the output is the tile's centre: image and label offsets agree
+        assert image_pad[0] - label_pad[0] == (tile - output) // 2
+    assert unet_tile_padding(388, 388) == (((92, 92), (92, 92)), ((0, 0), (0, 0)))
