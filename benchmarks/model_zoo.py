@@ -1,12 +1,12 @@
 """Trains every model config on the built-in shapes dataset and prints the README's model table.
 
     python benchmarks/model_zoo.py                      # all configs, workdirs runs/zoo/<config>
-    python benchmarks/model_zoo.py unet fcn8s_vgg16     # some of them
+    python benchmarks/model_zoo.py unet fcn_vgg16:8s    # some of them
 
-Each config is run as `python train.py --config configs/<name>.py --workdir runs/zoo/<name>`
-(resuming if the workdir exists). Reported: steps, images seen, the median training
-throughput over the logged intervals (images/s), the training wall time, and the final
-validation metrics from <workdir>/final_metrics.json.
+Each config is run as `python train.py --config configs/<file>.py[:<arg>] --workdir
+runs/zoo/<file>[_<arg>]` (resuming if the workdir exists). Reported: steps, images seen,
+the median training throughput over the logged intervals (images/s), the training wall
+time, and the final validation metrics from <workdir>/final_metrics.json.
 """
 
 import json
@@ -21,21 +21,24 @@ CONFIGS = (
     "default",
     "unet",
     "unet_original",
-    "fcn32s_vgg16",
-    "fcn16s_vgg16",
-    "fcn8s_vgg16",
+    "fcn_vgg16:32s",
+    "fcn_vgg16:16s",
+    "fcn_vgg16:8s",
     "fcn8s_resnet50",
     "hypercolumn_vgg16",
 )
 
 
 def run(name: str) -> dict:
-    workdir = os.path.join(REPO, "runs", "zoo", name)
+    """Trains config `name` ("<file>" or "<file>:<arg>") and summarizes its run."""
+    file, _, argument = name.partition(":")
+    workdir = os.path.join(REPO, "runs", "zoo", name.replace(":", "_"))
+    config_arg = os.path.join(REPO, "configs", f"{file}.py") + (f":{argument}" if argument else "")
     command = [
         sys.executable,
         os.path.join(REPO, "train.py"),
         "--config",
-        os.path.join(REPO, "configs", f"{name}.py"),
+        config_arg,
         "--workdir",
         workdir,
     ]
@@ -80,8 +83,10 @@ def main(names):
     print("\n| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        file, _, argument = r["config"].partition(":")
+        name = f"configs/{file}.py" + (f":{argument}" if argument else "")
         print(
-            f"| `configs/{r['config']}.py` | {r['steps']} | {r['images']} |"
+            f"| `{name}` | {r['steps']} | {r['images']} |"
             f" {r['images_per_second']:.1f} | {r['wall_seconds'] / 60:.1f} min |"
             f" {r['pixel_acc']:.3f} | {r['mean_acc']:.3f} | {r['miou']:.3f} | {r['fwiou']:.3f} |"
         )

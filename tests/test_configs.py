@@ -1,6 +1,7 @@
 """Every config in configs/ resolves, builds its model and trains one step on tiny shapes."""
 
 import os
+import re
 
 import pytest
 from helpers import REPO, load_config
@@ -8,28 +9,46 @@ from helpers import REPO, load_config
 from jaxseg.config import validate_config
 from jaxseg.train.loop import train_and_evaluate
 
-CONFIGS = sorted((REPO / "configs").glob("*.py"))
+CONFIG_FILES = sorted((REPO / "configs").glob("*.py"))
+
+
+def documented_configs():
+    """(file, argument) of every `--config configs/<file>[:argument]` in the configs' docstrings."""
+    cases = []
+    for path in CONFIG_FILES:
+        docstring = path.read_text().split('"""')[1]
+        found = re.findall(rf"--config configs/{path.name}(?::(\S+))?", docstring)
+        assert found, f"{path.name}: the docstring gives no command that runs it"
+        cases += [(path, argument or None) for argument in dict.fromkeys(found)]
+    return cases
+
+
+CASES = documented_configs()
 
 
 def test_there_are_configs_for_every_recipe():
-    names = {p.stem for p in CONFIGS}
+    names = {f"{p.stem}:{a}" if a else p.stem for p, a in CASES}
     assert {
         "default",
         "unet",
         "unet_original",
-        "fcn32s_vgg16",
-        "fcn16s_vgg16",
-        "fcn8s_vgg16",
+        "fcn_vgg16:32s",
+        "fcn_vgg16:16s",
+        "fcn_vgg16:8s",
         "fcn8s_resnet50",
         "hypercolumn_vgg16",
+        "camvid_unet",
+        "isbi_unet",
+        "dsb2018_unet",
     } <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_trains_one_step(path, data_dir, tmp_path):
-    config = load_config(path)
+@pytest.mark.parametrize(
+    "path, argument", CASES, ids=[f"{p.stem}:{a}" if a else p.stem for p, a in CASES]
+)
+def test_config_trains_one_step(path, argument, data_dir, tmp_path):
+    config = load_config(path, *([argument] if argument else []))
     validate_config(config)
-    assert "python train.py" in (path.read_text().split('"""')[1]), "docstring gives the command"
     # Same architecture, tiny work: 32x32 crops, batch 2, one step, 2 eval examples.
     if config.data.name == "shapes":
         config.data.options.update(

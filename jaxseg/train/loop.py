@@ -257,7 +257,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
         state, metrics = train_fn(state, parallel.global_batch(batch, mesh), step_rng)
         accumulator.add(metrics, int(np.prod(batch["mask"].shape)) * jax.process_count())
         interval_steps += 1
-        progress.update(1)
         if step % config.train.log_every == 0 or step == num_steps:
             record = summarize(accumulator.result())  # waits for the device: once per interval
             seconds = time.perf_counter() - interval_start
@@ -265,7 +264,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
             logger.write(
                 {"step": step, "split": "train", **record, "images_per_second": images_per_second}
             )
+            # The bar moves when the device has finished the steps, not when they are queued.
             progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+            progress.update(interval_steps)
             interval_start, interval_steps = time.perf_counter(), 0
         if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
             record = evaluate(eval_fn, state, make_eval_dataset(config.data.eval_split), mesh)
