@@ -55,18 +55,18 @@ def pipeline_rate(source, augment, loader, num_batches):
 
 def step_rate(config, info, batch, num_steps):
     """Median images/s of the jitted train step (batch already on device)."""
-    mesh = parallel.make_mesh(1)
+    layout = parallel.MeshParallel(num_devices=1)
     model = build_model(config, info.num_classes)
     tx = make_optimizer(config.optim, config.train.num_steps)
-    state = jax.jit(
+    state = layout.init_state(
         lambda k: create_train_state(k, model, tx, batch["image"].shape[1:]),
-        out_shardings=parallel.replicated(mesh),
-    )(jax.random.key(0, impl="rbg"))
+        jax.random.key(0, impl="rbg"),
+    )
     train_fn, _ = bind_steps(
         config.loss, info.num_classes, info.ignore_label, class_weights(config, info)
     )
-    train_fn = parallel.jit_train_step(train_fn, mesh)
-    device_batch = parallel.global_batch(batch, mesh)
+    train_fn = layout.compile_train(train_fn)
+    device_batch = layout.put_batch(batch)
     rng = jax.random.key(0)
     for _ in range(2):  # compile, warm up
         state, metrics = train_fn(state, device_batch, rng)

@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 0  # 0: only at the end
     config.train.keep_checkpoints = 3
     config.train.num_devices = 0  # 0: all devices; n: the first n (single process only)
+    config.train.parallelism = "mesh"  # mesh (jit + sharding) | pmap (jaxseg/train/parallel.py)
     return config
 
 

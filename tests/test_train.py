@@ -1,6 +1,7 @@
 """End-to-end: the training program on tiny configs (seconds each)."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -195,3 +196,44 @@ def test_cli_rejects_unknown_override(tmp_path):
     )
     assert result.returncode != 0
     assert "num_stpes" in result.stderr
+
+
+def test_pmap_form_matches_mesh_without_batch_norm_and_trains_with_it(data_dir, tmp_path):
+    """pmap: exact global loss normalisation and summed gradients, per-device BN statistics."""
+    curves = {}
+    for parallelism in ("mesh", "pmap"):
+        config = tiny_config(
+            data_dir,
+            **{
+                "train.num_steps": 5,
+                "train.num_devices": 4,
+                "train.parallelism": parallelism,
+                "model.use_batch_norm": False,
+                "train.checkpoint_every": 3,
+            },
+        )
+        train_and_evaluate(config, str(tmp_path / parallelism))
+        curves[parallelism] = _train_losses(tmp_path / parallelism)
+    np.testing.assert_allclose(curves["pmap"], curves["mesh"], rtol=1e-3)
+    # resume a pmap run from its step-3 checkpoint: same losses as straight through
+    shutil.rmtree(tmp_path / "pmap" / "checkpoints" / "5")
+    (tmp_path / "pmap" / "metrics.jsonl").unlink()
+    config = tiny_config(
+        data_dir,
+        **{
+            "train.num_steps": 5,
+            "train.num_devices": 4,
+            "train.parallelism": "pmap",
+            "model.use_batch_norm": False,
+        },
+    )
+    train_and_evaluate(config, str(tmp_path / "pmap"))
+    np.testing.assert_allclose(_train_losses(tmp_path / "pmap"), curves["pmap"][3:], rtol=1e-5)
+
+    with_bn = tiny_config(
+        data_dir, **{"train.num_steps": 30, "train.num_devices": 4, "train.parallelism": "pmap"}
+    )
+    results = train_and_evaluate(with_bn, str(tmp_path / "pmap_bn"))
+    losses = _train_losses(tmp_path / "pmap_bn")
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
+    assert 0 <= results["validation"]["miou"] <= 1

@@ -139,12 +139,13 @@ class _Accumulator:
         return sums
 
 
-def evaluate(eval_fn, state, dataset, mesh) -> dict:
+def evaluate(eval_fn, state, dataset, layout) -> dict:
     """Runs `eval_fn` over one pass of `dataset`; returns the summarized metrics."""
     accumulator = _Accumulator()
     for batch in dataset:
         pixels = int(np.prod(batch["mask"].shape)) * jax.process_count()
-        accumulator.add(eval_fn(state, parallel.global_batch(batch, mesh)), pixels)
+        metrics = eval_fn(state, layout.put_batch(batch))
+        accumulator.add(layout.global_metrics(metrics), pixels)
     return summarize(accumulator.result())
 
 
@@ -157,9 +158,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     validate_config(config)
     workdir = prepare_workdir(workdir)
     is_main = jax.process_index() == 0
-    mesh = parallel.make_mesh(config.train.num_devices)
-    parallel.check_batch_size(config.data.batch_size, mesh)
-    parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+    layout = parallel.make_parallel(config.train.parallelism, config.train.num_devices)
+    parallel.check_batch_size(config.data.batch_size, layout.num_devices)
+    parallel.check_batch_size(
+        config.data.eval_batch_size, layout.num_devices, "data.eval_batch_size"
+    )
 
     sources, info = load_dataset(config.data.name, **config.data.options)
     train_source = _split(sources, config.data.train_split, "data.train_split")
@@ -190,37 +193,40 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     # whose bits do not depend on how the batch is sharded.
     init_rng = jax.random.key(config.seed, impl="rbg")
     step_rng = jax.random.key(config.seed)
-    replicated = parallel.replicated(mesh)
-    init_fn = jax.jit(
-        lambda key: create_train_state(key, model, tx, image_shape), out_shardings=replicated
-    )
+
+    def init_fn(key):
+        return create_train_state(key, model, tx, image_shape)
+
     abstract_state = jax.eval_shape(init_fn, init_rng)
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
     start_step, data_state = checkpointer.latest_step() or 0, None
     if start_step:
-        abstract_state = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
-        )
         state, data_state = checkpointer.restore(
-            start_step, abstract_state, _model_changes(workdir, config)
+            start_step, layout.restore_target(abstract_state), _model_changes(workdir, config)
         )
+        state = layout.place_restored(state)
         print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}")
     else:
-        state = init_fn(init_rng)
+        state = layout.init_state(init_fn, init_rng)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     print(
-        f"Model {config.model.name}: {count_params(state.params):,} parameters;"
-        f" {len(mesh.devices.flat)} device(s), {jax.process_count()} process(es)"
+        f"Model {config.model.name}: {count_params(abstract_state.params):,} parameters;"
+        f" {layout.num_devices} device(s), {jax.process_count()} process(es),"
+        f" {config.train.parallelism} parallelism"
     )
 
     train_fn, eval_fn = bind_steps(
-        config.loss, info.num_classes, info.ignore_label, class_weights(config, info)
+        config.loss,
+        info.num_classes,
+        info.ignore_label,
+        class_weights(config, info),
+        layout.axis_name,
     )
-    train_fn = parallel.jit_train_step(train_fn, mesh)
-    eval_fn = parallel.jit_eval_step(eval_fn, mesh)
+    train_fn = layout.compile_train(train_fn)
+    eval_fn = layout.compile_eval(eval_fn)
     loader = LoaderConfig(
         config.data.batch_size,
         config.data.num_threads,
@@ -254,8 +260,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start_step + 1, num_steps + 1):
         batch = next(train_iter)
-        state, metrics = train_fn(state, parallel.global_batch(batch, mesh), step_rng)
-        accumulator.add(metrics, int(np.prod(batch["mask"].shape)) * jax.process_count())
+        state, metrics = train_fn(state, layout.put_batch(batch), step_rng)
+        pixels = int(np.prod(batch["mask"].shape)) * jax.process_count()
+        accumulator.add(layout.global_metrics(metrics), pixels)
         interval_steps += 1
         if step % config.train.log_every == 0 or step == num_steps:
             record = summarize(accumulator.result())  # waits for the device: once per interval
@@ -269,21 +276,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
             progress.update(interval_steps)
             interval_start, interval_steps = time.perf_counter(), 0
         if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
-            record = evaluate(eval_fn, state, make_eval_dataset(config.data.eval_split), mesh)
+            record = evaluate(eval_fn, state, make_eval_dataset(config.data.eval_split), layout)
             logger.write({"step": step, "split": config.data.eval_split, **record})
             progress.write(f"step {step}: {config.data.eval_split} mIoU {record['miou']:.4f}")
             interval_start = time.perf_counter()
         if (
             config.train.checkpoint_every and step % config.train.checkpoint_every == 0
         ) or step == num_steps:
-            checkpointer.save(step, state, train_iter.get_state())
+            checkpointer.save(step, layout.saveable(state), train_iter.get_state())
     progress.close()
     checkpointer.wait()
 
-    final_step = int(jax.device_get(state.step))
+    final_step = int(jax.device_get(layout.saveable(state).step))
     results = {}
     for split in eval_splits:
-        results[split] = evaluate(eval_fn, state, make_eval_dataset(split), mesh)
+        results[split] = evaluate(eval_fn, state, make_eval_dataset(split), layout)
         logger.write({"step": final_step, "split": split, **results[split]})
     checkpointer.close()
     if is_main:

@@ -1,35 +1,46 @@
-"""Data parallelism over a device mesh: the batch is split on the "data" axis, params replicated.
+"""Data parallelism: how state, batches and steps are laid out over the devices.
 
-The same jitted step runs unchanged on one device, on N devices of one host,
-and on many hosts: each process feeds its local part of the global batch and
-`jax.make_array_from_process_local_data` assembles the global array.
+"mesh" (the default): `jax.jit` over a 1-D device mesh; the batch is split on
+the "data" axis, the state replicated. The same jitted step runs unchanged on
+one device, on N devices of one host and on many hosts: each process feeds its
+local part of the global batch and `jax.make_array_from_process_local_data`
+assembles the global array. Batch norm sees the global batch.
+
+"pmap": the classic `jax.pmap` form (JAX keeps pmap in maintenance mode). Each
+local device gets its slice of the process's batch; gradients and metrics are
+summed over all devices of all processes, batch norm statistics are per
+device (unsynchronised) and averaged after each step.
+
+Both expose the same methods, so the training loop does not know which runs.
 """
 
 import jax
 import numpy as np
+from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+KINDS = ("mesh", "pmap")
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D mesh over all devices (num_devices=0) or the first `num_devices` (one process only)."""
-    devices = jax.devices()
-    if num_devices:
-        if jax.process_count() > 1:
-            raise ValueError(
-                "train.num_devices must be 0 (all devices) when running on several hosts"
-            )
-        if num_devices > len(devices):
-            raise ValueError(
-                f"train.num_devices={num_devices} but only {len(devices)} devices are available"
-            )
-        devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    return Mesh(np.asarray(_devices(num_devices, jax.devices())), (DATA_AXIS,))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = "data.batch_size") -> None:
-    num_devices = mesh.devices.size
+def _devices(num_devices, devices):
+    if not num_devices:
+        return devices
+    if jax.process_count() > 1:
+        raise ValueError("train.num_devices must be 0 (all devices) when running on several hosts")
+    if num_devices > len(devices):
+        raise ValueError(
+            f"train.num_devices={num_devices} but only {len(devices)} devices are available"
+        )
+    return devices[:num_devices]
+
+
+def check_batch_size(batch_size: int, num_devices: int, name: str = "data.batch_size") -> None:
     if batch_size % num_devices:
         below = batch_size - batch_size % num_devices
         options = [b for b in (below, below + num_devices) if b > 0]
@@ -39,35 +50,108 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "data.batch_size")
         )
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+class MeshParallel:
+    """jit + NamedSharding over a device mesh."""
+
+    axis_name = None  # the steps see the global batch
+
+    def __init__(self, num_devices: int = 0):
+        self.mesh = make_mesh(num_devices)
+        self.num_devices = self.mesh.devices.size
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._batch = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+    def init_state(self, init_fn, rng):
+        return jax.jit(init_fn, out_shardings=self._replicated)(rng)
+
+    def restore_target(self, abstract_state):
+        """The abstract state orbax restores into (placement included)."""
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._replicated),
+            abstract_state,
+        )
+
+    def place_restored(self, state):
+        return state
+
+    def saveable(self, state):
+        return state
+
+    def put_batch(self, local_batch: dict) -> dict:
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self._batch, np.asarray(x)),
+            local_batch,
+        )
+
+    def compile_train(self, train_step):
+        """(state, batch, rng) -> (state, metrics): state donated, replicated; batch sharded."""
+        return jax.jit(
+            train_step,
+            in_shardings=(self._replicated, self._batch, self._replicated),
+            out_shardings=(self._replicated, self._replicated),
+            donate_argnums=(0,),
+        )
+
+    def compile_eval(self, eval_step):
+        return jax.jit(
+            eval_step, in_shardings=(self._replicated, self._batch), out_shardings=self._replicated
+        )
+
+    def global_metrics(self, metrics):
+        return metrics
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
+class PmapParallel:
+    """jax.pmap over this process's devices; collectives span all processes."""
+
+    axis_name = DATA_AXIS
+
+    def __init__(self, num_devices: int = 0):
+        self.devices = _devices(num_devices, jax.local_devices())
+        self.num_devices = len(self.devices) * jax.process_count()
+
+    def init_state(self, init_fn, rng):
+        return jax_utils.replicate(jax.jit(init_fn)(rng), self.devices)
+
+    def restore_target(self, abstract_state):
+        device = self.devices[0]
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_state
+        )
+
+    def place_restored(self, state):
+        return jax_utils.replicate(state, self.devices)
+
+    def saveable(self, state):
+        return jax.tree.map(lambda x: x[0], state)
+
+    def put_batch(self, local_batch: dict) -> dict:
+        count = len(self.devices)
+        return jax.tree.map(
+            lambda x: np.asarray(x).reshape(count, x.shape[0] // count, *x.shape[1:]), local_batch
+        )
+
+    def compile_train(self, train_step):
+        return jax.pmap(
+            train_step,
+            axis_name=DATA_AXIS,
+            devices=self.devices,
+            in_axes=(0, 0, None),
+            donate_argnums=(0,),
+        )
+
+    def compile_eval(self, eval_step):
+        return jax.pmap(eval_step, axis_name=DATA_AXIS, devices=self.devices)
+
+    def global_metrics(self, metrics):
+        return jax.tree.map(lambda x: x[0], metrics)  # summed already: every device holds it
 
 
-def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """Assembles this process's part of the batch into global arrays sharded on "data"."""
-    sharding = batch_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
-    )
-
-
-def jit_train_step(train_step, mesh: Mesh):
-    """Jits (state, batch, rng) -> (state, metrics): state donated, replicated; batch sharded."""
-    return jax.jit(
-        train_step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=(0,),
-    )
-
-
-def jit_eval_step(eval_step, mesh: Mesh):
-    return jax.jit(
-        eval_step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=replicated(mesh),
-    )
+def make_parallel(kind: str, num_devices: int = 0):
+    """The "mesh" or "pmap" layout over all devices (0) or the first `num_devices`."""
+    if kind == "mesh":
+        return MeshParallel(num_devices)
+    if kind == "pmap":
+        return PmapParallel(num_devices)
+    raise ValueError(f"train.parallelism {kind!r} is not one of {KINDS}")

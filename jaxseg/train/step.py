@@ -2,6 +2,12 @@
 
 Metrics are sums (loss total, loss weight, confusion matrix), so adding them
 over steps, devices or hosts gives exact global values.
+
+`axis_name` is for the pmap form, where each device sees its part of the
+batch: the loss is still normalised by the global weight, gradients and
+metrics are summed over the axis, and batch norm statistics (computed per
+device, i.e. unsynchronised BN) are averaged. Under jit + sharding (the
+default) `axis_name` is None and XLA does all of this on the global batch.
 """
 
 import functools
@@ -35,7 +41,9 @@ def align_targets(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
     return center_crop(targets[..., None], *logits.shape[1:3])[..., 0]
 
 
-def _loss_and_metrics(logits, batch, loss_config, num_classes, ignore_label, class_weights):
+def _loss_and_metrics(
+    logits, batch, loss_config, num_classes, ignore_label, class_weights, axis_name=None
+):
     labels = align_targets(logits, batch["mask"])
     pixel_weights = None
     if loss_config.use_pixel_weights:
@@ -43,9 +51,13 @@ def _loss_and_metrics(logits, batch, loss_config, num_classes, ignore_label, cla
     total, weight_sum = pixel_cross_entropy(
         logits, labels, ignore_label, class_weights, pixel_weights
     )
-    loss = total / jnp.maximum(weight_sum, 1e-12)
+    global_weight = jax.lax.psum(weight_sum, axis_name) if axis_name else weight_sum
+    loss = total / jnp.maximum(global_weight, 1e-12)
     if loss_config.dice_weight:
-        loss = loss + loss_config.dice_weight * soft_dice_loss(logits, labels, ignore_label)
+        dice = soft_dice_loss(logits, labels, ignore_label)
+        if axis_name:  # summed over devices below: their mean
+            dice = dice / jax.lax.psum(1, axis_name)
+        loss = loss + loss_config.dice_weight * dice
     metrics = {
         "loss_sum": total,
         "loss_weight": weight_sum,
@@ -54,13 +66,25 @@ def _loss_and_metrics(logits, batch, loss_config, num_classes, ignore_label, cla
     return loss, metrics
 
 
-def train_step(state, batch, rng, *, loss_config, num_classes, ignore_label, class_weights=None):
+def train_step(
+    state,
+    batch,
+    rng,
+    *,
+    loss_config,
+    num_classes,
+    ignore_label,
+    class_weights=None,
+    axis_name=None,
+):
     """One optimisation step on a (global) batch. Returns (new_state, metric sums).
 
     `rng` is the run's base key; the step number is folded in, so every step
     draws fresh dropout masks and a resumed run draws the same ones.
     """
     rng = jax.random.fold_in(rng, state.step)
+    if axis_name:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -71,18 +95,22 @@ def train_step(state, batch, rng, *, loss_config, num_classes, ignore_label, cla
             rngs={"dropout": rng},
         )
         loss, metrics = _loss_and_metrics(
-            logits, batch, loss_config, num_classes, ignore_label, class_weights
+            logits, batch, loss_config, num_classes, ignore_label, class_weights, axis_name
         )
         return loss, (metrics, updates)
 
     (_, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(
-        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
-    )
-    return state, metrics
+    batch_stats = updates.get("batch_stats", state.batch_stats)
+    if axis_name:
+        grads = jax.lax.psum(grads, axis_name)
+        metrics = jax.lax.psum(metrics, axis_name)
+        batch_stats = jax.lax.pmean(batch_stats, axis_name)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def eval_step(state, batch, *, loss_config, num_classes, ignore_label, class_weights=None):
+def eval_step(
+    state, batch, *, loss_config, num_classes, ignore_label, class_weights=None, axis_name=None
+):
     """Metric sums of the model in inference mode on a batch."""
     logits = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats},
@@ -90,17 +118,18 @@ def eval_step(state, batch, *, loss_config, num_classes, ignore_label, class_wei
         train=False,
     )
     _, metrics = _loss_and_metrics(
-        logits, batch, loss_config, num_classes, ignore_label, class_weights
+        logits, batch, loss_config, num_classes, ignore_label, class_weights, axis_name
     )
-    return metrics
+    return jax.lax.psum(metrics, axis_name) if axis_name else metrics
 
 
-def bind_steps(loss_config, num_classes, ignore_label, class_weights=None):
+def bind_steps(loss_config, num_classes, ignore_label, class_weights=None, axis_name=None):
     """train_step and eval_step with the task's constants bound."""
     kwargs = dict(
         loss_config=loss_config,
         num_classes=num_classes,
         ignore_label=ignore_label,
         class_weights=class_weights,
+        axis_name=axis_name,
     )
     return functools.partial(train_step, **kwargs), functools.partial(eval_step, **kwargs)
