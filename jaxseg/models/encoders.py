@@ -55,7 +55,9 @@ class VGG16(nn.Module):
             strides[f"conv{block}_{convs}"] = 2 ** (block - 1)
             strides[f"pool{block}"] = 2**block
             strides[f"stride{2 ** (block - 1)}"] = 2 ** (block - 1)
-        strides.update(fc6=32, fc7=32, stride32=32)
+        strides["stride32"] = 32
+        if self.include_fc:
+            strides.update(fc6=32, fc7=32)
         return strides
 
     @nn.compact
