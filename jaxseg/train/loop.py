@@ -19,12 +19,9 @@ from jaxseg.models import get_model
 from jaxseg.models.unet import UNet, unet_tile_padding
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
-from jaxseg.train.reporting import MetricsLogger, format_table, summarize
+from jaxseg.train.reporting import MetricsLogger, MetricSums, format_table, summarize
 from jaxseg.train.state import count_params, create_train_state, make_optimizer
 from jaxseg.train.step import bind_steps
-
-# Fold device-side confusion counts into host int64 well before int32 overflows.
-_MAX_PIXELS_ON_DEVICE = 2**30
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -105,43 +102,9 @@ def _split(sources, name, key):
     return sources[name]
 
 
-class _Accumulator:
-    """Sums metric dicts on device; folds into host int64/float64 before int32 overflow."""
-
-    def __init__(self):
-        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-        self.device_sums, self.host_sums, self._pixels = None, None, 0
-
-    def add(self, metrics, pixels: int):
-        if self.device_sums is None:
-            self.device_sums = metrics
-        else:
-            self.device_sums = self._add(self.device_sums, metrics)
-        self._pixels += pixels
-        if self._pixels >= _MAX_PIXELS_ON_DEVICE:
-            self._fold()
-
-    def _fold(self):
-        if self.device_sums is None:
-            return
-        fetched = jax.tree.map(
-            lambda x: np.asarray(x, np.float64 if x.dtype.kind == "f" else np.int64),
-            jax.device_get(self.device_sums),
-        )
-        self.host_sums = (
-            fetched if self.host_sums is None else jax.tree.map(np.add, self.host_sums, fetched)
-        )
-        self.device_sums, self._pixels = None, 0
-
-    def result(self) -> dict:
-        self._fold()
-        sums, self.host_sums = self.host_sums, None
-        return sums
-
-
 def evaluate(eval_fn, state, dataset, layout) -> dict:
     """Runs `eval_fn` over one pass of `dataset`; returns the summarized metrics."""
-    accumulator = _Accumulator()
+    accumulator = MetricSums()
     for batch in dataset:
         pixels = int(np.prod(batch["mask"].shape)) * jax.process_count()
         metrics = eval_fn(state, layout.put_batch(batch))
@@ -253,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     )
     train_iter = batches(train_data, data_state)
     logger = MetricsLogger(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
-    accumulator = _Accumulator()
+    accumulator = MetricSums()
     progress = tqdm(
         total=num_steps, initial=start_step, desc="train", disable=not is_main, dynamic_ncols=True
     )

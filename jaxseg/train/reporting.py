@@ -4,9 +4,14 @@ import json
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.metrics import segmentation_metrics
+
+# Fold device-side confusion counts into host int64 well before int32 overflows.
+MAX_PIXELS_ON_DEVICE = 2**30
 
 
 def summarize(sums: dict) -> dict:
@@ -72,3 +77,37 @@ def format_table(results: dict[str, dict], class_names) -> str:
         values = [results[s]["iou_per_class"][index] for s in splits]
         lines.append(f"{label:<{name_width}}  " + "  ".join(cell(v) for v in values))
     return "\n".join(lines)
+
+
+class MetricSums:
+    """Sums metric dicts on device; folds into host int64/float64 before int32 overflow."""
+
+    def __init__(self):
+        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+        self.device_sums, self.host_sums, self._pixels = None, None, 0
+
+    def add(self, metrics, pixels: int):
+        if self.device_sums is None:
+            self.device_sums = metrics
+        else:
+            self.device_sums = self._add(self.device_sums, metrics)
+        self._pixels += pixels
+        if self._pixels >= MAX_PIXELS_ON_DEVICE:
+            self._fold()
+
+    def _fold(self):
+        if self.device_sums is None:
+            return
+        fetched = jax.tree.map(
+            lambda x: np.asarray(x, np.float64 if x.dtype.kind == "f" else np.int64),
+            jax.device_get(self.device_sums),
+        )
+        self.host_sums = (
+            fetched if self.host_sums is None else jax.tree.map(np.add, self.host_sums, fetched)
+        )
+        self.device_sums, self._pixels = None, 0
+
+    def result(self) -> dict:
+        self._fold()
+        sums, self.host_sums = self.host_sums, None
+        return sums
