@@ -1,5 +1,6 @@
 """End-to-end: the training program on tiny configs (seconds each)."""
 
+import json
 import os
 import shutil
 import stat
@@ -74,11 +75,16 @@ def test_resume_continues_step_params_and_data(data_dir, tmp_path, capsys):
     train_and_evaluate(
         tiny_config(data_dir, **overrides, **{"train.num_steps": 3}), str(tmp_path / "resumed")
     )
+    # As if the first run had gone on past its last checkpoint before it was stopped:
+    lost = {"step": 4, "split": "train", "loss": 123.0}
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(lost) + "\n")
     capsys.readouterr()
     train_and_evaluate(
         tiny_config(data_dir, **overrides, **{"train.num_steps": 6}), str(tmp_path / "resumed")
     )
     assert "Resuming from the checkpoint at step 3" in capsys.readouterr().out
+    assert read_metrics(tmp_path / "resumed" / "metrics.discarded.jsonl") == [lost]
 
     np.testing.assert_allclose(
         _train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "straight"), rtol=1e-5

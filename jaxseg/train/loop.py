@@ -216,6 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     )
     train_iter = batches(train_data, data_state)
     logger = MetricsLogger(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+    logger.resume_at(start_step)
     accumulator = MetricSums()
     progress = tqdm(
         total=num_steps, initial=start_step, desc="train", disable=not is_main, dynamic_ncols=True

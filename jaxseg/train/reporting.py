@@ -37,6 +37,24 @@ class MetricsLogger:
         self.path = path
         self.enabled = enabled
 
+    def resume_at(self, step: int) -> None:
+        """Moves records after `step` (from a run that stopped before its next checkpoint;
+        the resumed run writes them again) to metrics.discarded.jsonl, so steps in
+        metrics.jsonl never go backwards."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        records = read_metrics(self.path)
+        stale = [r for r in records if r["step"] > step]
+        if not stale:
+            return
+        discarded = os.path.join(os.path.dirname(self.path), "metrics.discarded.jsonl")
+        with open(discarded, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in stale)
+        partial = self.path + ".tmp"
+        with open(partial, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records if r["step"] <= step)
+        os.replace(partial, self.path)  # atomic: an interruption leaves the old file whole
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
