@@ -43,16 +43,17 @@ class MetricsLogger:
         metrics.jsonl never go backwards."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        records = read_metrics(self.path)
-        stale = [r for r in records if r["step"] > step]
-        if not stale:
+        with open(self.path) as f:
+            lines = [line.rstrip("\n") + "\n" for line in f if line.strip()]
+        keep = [line for line in lines if _logged_step(line) <= step]
+        if len(keep) == len(lines):
             return
         discarded = os.path.join(os.path.dirname(self.path), "metrics.discarded.jsonl")
         with open(discarded, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in stale)
+            f.writelines(line for line in lines if _logged_step(line) > step)
         partial = self.path + ".tmp"
         with open(partial, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records if r["step"] <= step)
+            f.writelines(keep)
         os.replace(partial, self.path)  # atomic: an interruption leaves the old file whole
 
     def write(self, record: dict) -> None:
@@ -61,6 +62,14 @@ class MetricsLogger:
         line = json.dumps({k: _json_safe(v) for k, v in record.items()})
         with open(self.path, "a") as f:
             f.write(line + "\n")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line cut short when a run was killed."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def read_metrics(path: str) -> list[dict]:
