@@ -35,9 +35,9 @@ class Registry:
     def build(self, key: str, /, **options):
         """Calls constructor `name` with `options`; unknown options are a ValueError.
 
-        A Flax Module's `name` may be passed too.
+        A Flax Module's `name` and `parent` may be passed too.
         """
-        unknown = sorted(set(options) - set(self.options(key)) - {"name"})
+        unknown = sorted(set(options) - set(self.options(key)) - set(_NOT_OPTIONS))
         if unknown:
             raise ValueError(
                 f"{self.kind} {key!r} has no option(s) {unknown}; its options are"

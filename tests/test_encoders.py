@@ -73,3 +73,29 @@ def test_bad_encoder_name_and_option():
         get_encoder("resnet50", stride=8)
     with pytest.raises(ValueError, match=r"output_stride 4 is not one of \(8, 16, 32\)"):
         get_encoder("resnet50", output_stride=4).feature_strides()
+
+
+def test_feature_at_names_a_stride_by_its_alias_unless_features_share_it():
+    vgg = get_encoder("vgg16")
+    assert (vgg.feature_at(32), vgg.feature_at(16, "first"), vgg.feature_at(8, "first")) == (
+        "fc7",
+        "pool4",
+        "pool3",
+    )
+    assert vgg.feature_at(8) == "conv4_3"
+    resnet = get_encoder("resnet18")
+    assert [resnet.feature_at(s) for s in (2, 4, 8, 16, 32)] == [
+        "stride2",
+        "stride4",
+        "stride8",
+        "stride16",
+        "stride32",
+    ]
+    assert get_encoder("vgg16", include_fc=False).feature_strides()["stride32"] == 32
+    with pytest.raises(ValueError, match="no feature at stride 64"):
+        resnet.feature_at(64)
+
+
+def test_require_names_the_missing_features_and_what_there_is():
+    with pytest.raises(ValueError, match=r"FCN: encoder ResNet has no feature\(s\) \['pool4'\]"):
+        get_encoder("resnet18").require(["stride8", "pool4"], "FCN")

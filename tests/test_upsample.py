@@ -3,7 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg.models.upsample import Upsample, bilinear_filter, resize
+from jaxseg.models.upsample import (
+    ResizeUpsample,
+    TransposedConvUpsample,
+    bilinear_filter,
+    resize,
+)
 
 
 def _torch_bilinear(x, out_h, out_w, align_corners):
@@ -54,7 +59,7 @@ def test_nearest_align_corners_is_rejected():
 @pytest.mark.parametrize("factor", [2, 4, 8, 32])
 def test_bilinear_transposed_conv_equals_resize_in_the_interior(factor):
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
-    module = Upsample(factor, kind="transposed")
+    module = TransposedConvUpsample(factor)
     variables = module.init(jax.random.key(1), x)
     upsampled = module.apply(variables, x)
     resized = resize(x, 5 * factor, 6 * factor)
@@ -68,7 +73,7 @@ def test_bilinear_transposed_conv_equals_resize_in_the_interior(factor):
     # Borders: the transposed conv sees zeros beyond the edge, so on a constant
     # map it darkens towards the edge, while resize stays exact.
     ones = jnp.ones((1, 5, 6, 1))
-    constant = Upsample(factor, kind="transposed", trainable=False).apply({}, ones)
+    constant = TransposedConvUpsample(factor, trainable=False).apply({}, ones)
     np.testing.assert_allclose(resize(ones, 5 * factor, 6 * factor), 1.0, atol=1e-6)
     np.testing.assert_allclose(constant[:, border:-border, border:-border], 1.0, atol=1e-5)
     assert float(constant[0, 0, 0, 0]) < 0.6
@@ -76,8 +81,8 @@ def test_bilinear_transposed_conv_equals_resize_in_the_interior(factor):
 
 def test_frozen_upsampler_has_no_parameters_learnable_one_gets_gradients():
     x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))
-    assert Upsample(2, trainable=False).init(jax.random.key(0), x) == {}
-    module = Upsample(2)
+    assert TransposedConvUpsample(2, trainable=False).init(jax.random.key(0), x) == {}
+    module = TransposedConvUpsample(2)
     params = module.init(jax.random.key(0), x)
     assert params["params"]["kernel"].shape == (4, 4, 2, 2)
     grads = jax.grad(lambda p: jnp.sum(module.apply(p, x) ** 2))(params)
@@ -86,8 +91,15 @@ def test_frozen_upsampler_has_no_parameters_learnable_one_gets_gradients():
 
 def test_caffe_padding_gives_the_uncropped_size():
     x = jnp.ones((1, 16, 16, 21))
-    assert Upsample(2, padding=0, trainable=False).apply({}, x).shape == (1, 34, 34, 21)
-    assert Upsample(8, padding=0, trainable=False).apply({}, jnp.ones((1, 70, 70, 1))).shape == (
+    assert TransposedConvUpsample(2, padding=0, trainable=False).apply({}, x).shape == (
+        1,
+        34,
+        34,
+        21,
+    )
+    assert TransposedConvUpsample(8, padding=0, trainable=False).apply(
+        {}, jnp.ones((1, 70, 70, 1))
+    ).shape == (
         1,
         568,
         568,
@@ -97,7 +109,14 @@ def test_caffe_padding_gives_the_uncropped_size():
 
 def test_resize_conv_changes_channels():
     x = jnp.ones((1, 4, 4, 8))
-    module = Upsample(2, features=3, kind="resize", kernel_size=3)
+    module = ResizeUpsample(2, features=3, conv_size=3)
     variables = module.init(jax.random.key(0), x)
     assert module.apply(variables, x).shape == (1, 8, 8, 3)
     assert variables["params"]["Conv_0"]["kernel"].shape == (3, 3, 8, 3)
+
+
+def test_resize_without_conv_has_no_parameters_and_a_channel_change_adds_a_1x1_conv():
+    x = jnp.ones((1, 4, 4, 8))
+    assert ResizeUpsample(2).init(jax.random.key(0), x) == {}
+    variables = ResizeUpsample(2, features=4).init(jax.random.key(0), x)
+    assert variables["params"]["Conv_0"]["kernel"].shape == (1, 1, 8, 4)

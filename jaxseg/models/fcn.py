@@ -19,10 +19,11 @@ from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 
-from jaxseg.models.encoders import get_encoder, max_stride
+from jaxseg.models.base import SegmentationModel
+from jaxseg.models.encoders import Encoder, build_encoder
 from jaxseg.models.heads import ScoreHead
 from jaxseg.models.layers import check_divisible, crop_at, score_and_sum
-from jaxseg.models.upsample import Upsample
+from jaxseg.models.upsample import ResizeUpsample, TransposedConvUpsample, check_upsample_kind
 
 ALIGNMENTS = ("same", "caffe")
 # Crop offsets of the reference Caffe nets (voc-fcn{32,16,8}s): skip maps by
@@ -31,15 +32,18 @@ CAFFE_SKIP_OFFSETS = {"pool4": 5, "pool3": 9}
 CAFFE_FINAL_OFFSETS = {32: 19, 16: 27, 8: 31}
 
 
-def default_fcn_features(encoder: nn.Module, encoder_name: str) -> tuple[str, ...]:
-    """The coarsest feature and the two skips FCN fuses: VGG16's names, else by stride."""
-    if encoder_name == "vgg16":
-        return ("fc7", "pool4", "pool3")
-    top = max_stride(encoder)
-    return (f"stride{top}", f"stride{top // 2}", f"stride{top // 4}")
+def default_fcn_features(encoder: Encoder) -> tuple[str, ...]:
+    """The paper's choice on any encoder: the deepest (coarsest) feature, then the first
+    feature at 1/2 and 1/4 of its stride (VGG16: fc7, pool4, pool3)."""
+    top = encoder.max_stride()
+    return (
+        encoder.feature_at(top, "deepest"),
+        encoder.feature_at(top // 2, "first"),
+        encoder.feature_at(top // 4, "first"),
+    )
 
 
-class FCN(nn.Module):
+class FCN(SegmentationModel):
     """Fully convolutional network.
 
     Attributes:
@@ -47,8 +51,8 @@ class FCN(nn.Module):
       num_skips: 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s).
       encoder: encoder name ("vgg16", "resnet50", ...), `encoder_options` its options.
       features: the coarsest feature then the skips, coarse to fine; default
-        ("fc7", "pool4", "pool3") for VGG16, ("stride32", "stride16", "stride8")
-        otherwise. Only the first num_skips + 1 are used.
+        `default_fcn_features` (VGG16: ("fc7", "pool4", "pool3"), ResNet:
+        ("stride32", "stride16", "stride8")). Only the first num_skips + 1 are used.
       upsample: "transposed" (bilinear-initialised) or "resize" (bilinear).
       train_upsample: learn the transposed conv kernels (else fixed bilinear).
       alignment: "same" or "caffe" (see module docstring).
@@ -59,7 +63,7 @@ class FCN(nn.Module):
     num_classes: int
     num_skips: int = 2
     encoder: str = "vgg16"
-    encoder_options: Mapping = None
+    encoder_options: Mapping | None = None
     features: Sequence[str] | None = None
     upsample: str = "transposed"
     train_upsample: bool = True
@@ -67,10 +71,11 @@ class FCN(nn.Module):
     skip_scales: Sequence[float] | None = None
     zero_init_scores: bool = True
 
-    def _encoder(self) -> nn.Module:
+    def _encoder(self, detached: bool = False) -> Encoder:
         options = dict(self.encoder_options or {})
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"alignment {self.alignment!r} is not one of {ALIGNMENTS}")
+        check_upsample_kind(self.upsample)
         if self.alignment == "caffe":
             if self.encoder != "vgg16" or self.upsample != "transposed":
                 raise ValueError(
@@ -79,15 +84,39 @@ class FCN(nn.Module):
                     " alignment='same'"
                 )
             options.update(input_padding=100, ceil_mode=True, fc6_padding="VALID")
-        return get_encoder(self.encoder, name="encoder", **options)
+        return build_encoder(self.encoder, options, detached=detached)
 
-    def _upsample(self, factor, name, caffe):
-        return Upsample(
+    def _feature_names(self, encoder: Encoder) -> tuple[str, ...]:
+        names = tuple(self.features or default_fcn_features(encoder))
+        if not 0 <= self.num_skips < len(names):
+            raise ValueError(
+                f"num_skips={self.num_skips} needs {self.num_skips + 1} features, got {names}"
+            )
+        names = names[: self.num_skips + 1]
+        encoder.require(names, "FCN")
+        if self.skip_scales is not None and len(self.skip_scales) < self.num_skips:
+            raise ValueError(
+                f"skip_scales {tuple(self.skip_scales)} needs one factor per skip"
+                f" ({self.num_skips})"
+            )
+        if self.alignment == "caffe" and any(n not in CAFFE_SKIP_OFFSETS for n in names[1:]):
+            raise ValueError(f"alignment='caffe' knows the crops of {sorted(CAFFE_SKIP_OFFSETS)}")
+        return names
+
+    def input_multiple(self) -> int:
+        if self.alignment == "caffe":
+            return 1  # the 100-pixel padding and the crops take any size
+        encoder = self._encoder(detached=True)
+        return encoder.feature_strides()[self._feature_names(encoder)[0]]
+
+    def _upsample(self, factor, name):
+        if self.upsample == "resize":
+            return ResizeUpsample(factor, name=name)
+        return TransposedConvUpsample(
             factor,
-            kind=self.upsample,
             trainable=self.train_upsample,
             bilinear_init=True,
-            padding=0 if caffe else None,
+            padding=0 if self.alignment == "caffe" else None,
             name=name,
         )
 
@@ -96,25 +125,8 @@ class FCN(nn.Module):
         height, width = x.shape[1:3]
         caffe = self.alignment == "caffe"
         encoder = self._encoder()
-        names = tuple(self.features or default_fcn_features(encoder, self.encoder))
-        if not 0 <= self.num_skips < len(names):
-            raise ValueError(
-                f"num_skips={self.num_skips} needs {self.num_skips + 1} features, got {names}"
-            )
-        names = names[: self.num_skips + 1]
+        names = self._feature_names(encoder)
         strides = encoder.feature_strides()
-        missing = [n for n in names if n not in strides]
-        if missing:
-            raise ValueError(
-                f"encoder {self.encoder!r} has no feature(s) {missing}; it has {sorted(strides)}"
-            )
-        if self.skip_scales is not None and len(self.skip_scales) < self.num_skips:
-            raise ValueError(
-                f"skip_scales {tuple(self.skip_scales)} needs one factor per skip"
-                f" ({self.num_skips})"
-            )
-        if caffe and any(n not in CAFFE_SKIP_OFFSETS for n in names[1:]):
-            raise ValueError(f"alignment='caffe' knows the crops of {sorted(CAFFE_SKIP_OFFSETS)}")
         if not caffe:
             check_divisible(height, width, strides[names[0]], f"FCN on {self.encoder}")
 
@@ -124,7 +136,7 @@ class FCN(nn.Module):
         )
         stride = strides[names[0]]
         for index, name in enumerate(names[1:]):
-            score = self._upsample(stride // strides[name], f"upscore_{name}", caffe)(score)
+            score = self._upsample(stride // strides[name], f"upscore_{name}")(score)
             skip = features[name]
             if self.skip_scales is not None:
                 skip = skip * self.skip_scales[index]
@@ -133,7 +145,7 @@ class FCN(nn.Module):
             )
             score = score_and_sum(score, skip_score, CAFFE_SKIP_OFFSETS[name] if caffe else None)
             stride = strides[name]
-        score = self._upsample(stride, f"upscore{stride}", caffe)(score)
+        score = self._upsample(stride, f"upscore{stride}")(score)
         if caffe:
             score = crop_at(score, CAFFE_FINAL_OFFSETS[stride], height, width)
         return score

@@ -16,18 +16,22 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.models.encoders import get_encoder, max_stride
+from jaxseg.models.base import SegmentationModel
+from jaxseg.models.encoders import Encoder, build_encoder
 from jaxseg.models.layers import check_divisible
 from jaxseg.models.upsample import resize
 
 FUSIONS = ("sum", "concat")
 
 
-def default_hypercolumn_features(encoder: nn.Module, encoder_name: str) -> tuple[str, ...]:
-    """Low, middle and high layers: VGG16 pool2, conv4_3, fc7; otherwise by stride 4, 8, max."""
-    if encoder_name == "vgg16":
-        return ("pool2", "conv4_3", "fc7")
-    return ("stride4", "stride8", f"stride{max_stride(encoder)}")
+def default_hypercolumn_features(encoder: Encoder) -> tuple[str, ...]:
+    """A low, a middle and the top layer, the paper's choice on any encoder: the first
+    feature at stride 4, the deepest at 8 and at the top (VGG16: pool2, conv4_3, fc7)."""
+    return (
+        encoder.feature_at(4, "first"),
+        encoder.feature_at(8, "deepest"),
+        encoder.feature_at(encoder.max_stride(), "deepest"),
+    )
 
 
 def grid_interpolation_weights(size: int, grid: int) -> np.ndarray:
@@ -47,13 +51,14 @@ def grid_interpolation_weights(size: int, grid: int) -> np.ndarray:
     return weights
 
 
-class Hypercolumn(nn.Module):
+class Hypercolumn(SegmentationModel):
     """Hypercolumn segmentation network.
 
     Attributes:
       num_classes: output channels.
       encoder, encoder_options: the backbone (default VGG16 with fc6/fc7).
-      features: layers whose activations form the hypercolumn.
+      features: layers whose activations form the hypercolumn (default
+        `default_hypercolumn_features`).
       projection_features: width of each layer's 1x1 projection.
       fusion: "sum" or "concat" of the projected, resized layers.
       resolution: stride at which the hypercolumns are classified (default:
@@ -65,7 +70,7 @@ class Hypercolumn(nn.Module):
 
     num_classes: int
     encoder: str = "vgg16"
-    encoder_options: Mapping = None
+    encoder_options: Mapping | None = None
     features: Sequence[str] | None = None
     projection_features: int = 256
     fusion: str = "sum"
@@ -73,20 +78,28 @@ class Hypercolumn(nn.Module):
     location_grid: int = 1
     resize_method: str = "bilinear"
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
+    def _encoder_and_features(self, detached: bool = False):
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
         if self.location_grid < 1:
             raise ValueError(f"location_grid must be >= 1, got {self.location_grid}")
-        encoder = get_encoder(self.encoder, name="encoder", **(self.encoder_options or {}))
-        names = tuple(self.features or default_hypercolumn_features(encoder, self.encoder))
+        encoder = build_encoder(self.encoder, self.encoder_options, detached=detached)
+        names = tuple(self.features or default_hypercolumn_features(encoder))
+        encoder.require(names, "Hypercolumn")
+        return encoder, names
+
+    def input_multiple(self) -> int:
+        encoder, names = self._encoder_and_features(detached=True)
         strides = encoder.feature_strides()
-        missing = [n for n in names if n not in strides]
-        if missing:
-            raise ValueError(
-                f"encoder {self.encoder!r} has no feature(s) {missing}; it has {sorted(strides)}"
-            )
+        return int(np.lcm(max(strides[n] for n in names), self.resolution or 1))
+
+    def position_dependent(self) -> bool:
+        return self.location_grid > 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        encoder, names = self._encoder_and_features()
+        strides = encoder.feature_strides()
         height, width = x.shape[1:3]
         check_divisible(height, width, max(strides[n] for n in names), "Hypercolumn")
         resolution = self.resolution or min(strides[n] for n in names)

@@ -10,9 +10,15 @@ from collections.abc import Mapping
 
 import flax.linen as nn
 
-from jaxseg.models.encoders import UNetEncoder, get_encoder
+from jaxseg.models.base import Pads, SegmentationModel
+from jaxseg.models.encoders import Encoder, UNetEncoder, build_encoder
 from jaxseg.models.layers import DoubleConv, check_divisible, crop_and_concat, nearest_valid
-from jaxseg.models.upsample import Upsample, resize
+from jaxseg.models.upsample import (
+    ResizeUpsample,
+    TransposedConvUpsample,
+    check_upsample_kind,
+    resize,
+)
 
 PADDINGS = ("SAME", "VALID")
 
@@ -110,7 +116,7 @@ def _output_is_valid(output: int, depth: int) -> bool:
     return True
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """U-Net: contracting path, expanding path of up-convs and crop-and-concat merges.
 
     Attributes:
@@ -136,28 +142,47 @@ class UNet(nn.Module):
     use_batch_norm: bool = True
     upsample: str = "transposed"
     encoder: str = "unet"
-    encoder_options: Mapping = None
+    encoder_options: Mapping | None = None
 
-    def _encoder(self) -> nn.Module:
+    def _encoder(self, detached: bool = False) -> Encoder:
         if self.padding not in PADDINGS:
             raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+        check_upsample_kind(self.upsample)
         if self.encoder == "unet":
             if self.encoder_options:
                 raise ValueError(
                     "the 'unet' encoder is shaped by base_features, depth, padding"
                     " and use_batch_norm; encoder_options must be empty"
                 )
+            placement = {"parent": None} if detached else {"name": "encoder"}
             return UNetEncoder(
-                self.base_features, self.depth, self.padding, self.use_batch_norm, name="encoder"
+                self.base_features, self.depth, self.padding, self.use_batch_norm, **placement
             )
         if self.padding != "SAME":
             raise ValueError("the original unpadded U-Net needs encoder='unet'")
-        return get_encoder(self.encoder, name="encoder", **(self.encoder_options or {}))
+        return build_encoder(self.encoder, self.encoder_options, detached=detached)
+
+    def input_multiple(self) -> int:
+        if self.padding == "VALID":
+            return 1  # input_padding makes any image a valid tile
+        return self._encoder(detached=True).max_stride()
+
+    def input_padding(self, height: int, width: int) -> tuple[Pads, Pads] | None:
+        if self.padding != "VALID":
+            return None
+        return unet_tile_padding(height, width, self.depth)
+
+    def _upsample(self, factor, features, name):
+        if self.upsample == "resize":
+            return ResizeUpsample(factor, features, conv_size=2, use_bias=True, name=name)
+        return TransposedConvUpsample(
+            factor, features, kernel_size=2, bilinear_init=False, use_bias=True, name=name
+        )
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         encoder = self._encoder()
-        strides = sorted(s for n, s in encoder.feature_strides().items() if n.startswith("stride"))
+        strides = encoder.strides()
         height, width = x.shape[1:3]
         if self.padding == "VALID":
             unet_output_size(height, self.depth, "VALID")
@@ -169,16 +194,9 @@ class UNet(nn.Module):
         *skips, x = (features[f"stride{s}"] for s in strides)
         for level in reversed(range(len(skips))):
             skip = skips[level]
-            x = Upsample(
-                factor=strides[level + 1] // strides[level],
-                features=skip.shape[-1],
-                kind=self.upsample,
-                kernel_size=2,
-                bilinear_init=False,
-                use_bias=True,
-                resize_conv=True,
-                name=f"up{level}",
-            )(x)
+            x = self._upsample(strides[level + 1] // strides[level], skip.shape[-1], f"up{level}")(
+                x
+            )
             x = crop_and_concat(skip, x)
             x = DoubleConv(
                 skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}"

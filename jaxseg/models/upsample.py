@@ -1,4 +1,4 @@
-"""Upsamplers: bilinear-initialised transposed convolution and resize(+conv).
+"""Upsamplers: a bilinear-initialised transposed convolution, and resize (+ conv).
 
 Pixel-centre convention. `jax.image.resize` treats pixel i as the unit cell
 [i, i+1) with its centre at i + 0.5 (half-pixel centres). For bilinear this is
@@ -77,52 +77,34 @@ def resize(
     )
 
 
-class Upsample(nn.Module):
-    """Upsamples an NHWC map by an integer `factor`.
+def check_upsample_kind(kind: str) -> None:
+    if kind not in UPSAMPLE_KINDS:
+        raise ValueError(f"upsample kind {kind!r} is not one of {UPSAMPLE_KINDS}")
 
-    kind="transposed": a stride-`factor` transposed convolution with a
-      `kernel_size` kernel (default 2 * factor, FCN), padded so that the output
-      is exactly factor times the input (PyTorch padding (k - f) // 2), or
-      with `padding` p: (in - 1) * f + k - 2p (Caffe's FCN uses p = 0 and crops).
-      `bilinear_init` starts it as bilinear interpolation; `trainable=False`
-      freezes it (the kernel is then a constant, not a parameter).
-    kind="resize": `jax.image.resize` (`resize_method`, `align_corners`), then,
-      if `resize_conv` (or the channel count changes), a `kernel_size`
-      convolution (default 1) with "SAME" padding.
-    `features=None` keeps the input's channel count.
+
+class TransposedConvUpsample(nn.Module):
+    """Upsamples an NHWC map by an integer `factor` with a transposed convolution.
+
+    The kernel is `kernel_size` (default 2 * factor, FCN) square, padded so
+    that the output is exactly `factor` times the input (PyTorch padding
+    (k - f) // 2), or with `padding` p: (in - 1) * f + k - 2p (Caffe's FCN
+    uses p = 0 and crops). `bilinear_init` starts it as bilinear
+    interpolation; `trainable=False` freezes it (the kernel is then a
+    constant, not a parameter). `features=None` keeps the channel count.
     """
 
     factor: int
     features: int | None = None
-    kind: str = "transposed"
     kernel_size: int | None = None
     padding: int | None = None
     bilinear_init: bool = True
     trainable: bool = True
     use_bias: bool = False
-    resize_method: str = "bilinear"
-    align_corners: bool = False
-    resize_conv: bool = False
 
     @nn.compact
     def __call__(self, x):
-        if self.kind not in UPSAMPLE_KINDS:
-            raise ValueError(f"upsample kind {self.kind!r} is not one of {UPSAMPLE_KINDS}")
         in_features = x.shape[-1]
         features = self.features or in_features
-        if self.kind == "resize":
-            x = resize(
-                x,
-                x.shape[1] * self.factor,
-                x.shape[2] * self.factor,
-                self.resize_method,
-                self.align_corners,
-            )
-            if self.resize_conv or features != in_features:
-                size = self.kernel_size or 1
-                x = nn.Conv(features, (size, size), padding="SAME", use_bias=self.use_bias)(x)
-            return x
-
         size = self.kernel_size or 2 * self.factor
         padding = self.padding
         if padding is None:
@@ -149,4 +131,35 @@ class Upsample(nn.Module):
         )
         if self.use_bias:
             x = x + self.param("bias", nn.initializers.zeros, (features,))
+        return x
+
+
+class ResizeUpsample(nn.Module):
+    """Upsamples an NHWC map by an integer `factor` with `resize`, then optionally a conv.
+
+    `method` and `align_corners` as in `resize`. With `conv_size` > 0, or when
+    `features` differs from the input's channels (then 1x1), a "SAME"
+    convolution follows (the U-Net paper's "upsampling followed by a 2x2
+    convolution").
+    """
+
+    factor: int
+    features: int | None = None
+    method: str = "bilinear"
+    align_corners: bool = False
+    conv_size: int = 0
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        in_features = x.shape[-1]
+        features = self.features or in_features
+        x = resize(
+            x, x.shape[1] * self.factor, x.shape[2] * self.factor, self.method, self.align_corners
+        )
+        if self.conv_size or features != in_features:
+            size = self.conv_size or 1
+            x = nn.Conv(
+                features, (size, size), padding="SAME", use_bias=self.use_bias, name="Conv_0"
+            )(x)
         return x

@@ -1,0 +1,102 @@
+"""The two contracts models are built on.
+
+Encoders. An encoder maps (N, H, W, C) images to a dict of feature maps and
+declares each feature's stride and channels once, in forward order, without
+running (`feature_specs`). The dict also holds "stride{s}", the deepest
+feature at 1/s resolution, which is what a decoder consumes by stride.
+`Encoder.require` is the one place that checks the features a decoder asks
+for.
+
+Models. A segmentation model states what input it takes, so that the input
+pipeline, evaluation and tiled inference ask the model instead of testing
+for a class: `input_multiple` (input sides must be multiples of it),
+`input_padding` (how to pad an image so that the output covers it, for
+models whose output is smaller than their input: the original U-Net) and
+`position_dependent` (the prediction at a pixel depends on where the pixel
+lies in the input, so the model cannot be applied tile by tile).
+"""
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Pads = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
+
+
+class FeatureSpec(NamedTuple):
+    stride: int
+    channels: int
+
+
+class Encoder(nn.Module):
+    """Base class of encoders; subclasses implement `feature_specs` and `__call__`."""
+
+    def feature_specs(self) -> dict[str, FeatureSpec]:
+        """{paper name: (stride, channels)} of every feature, in forward order."""
+        raise NotImplementedError
+
+    def _aliases(self) -> dict[str, str]:
+        """{"stride{s}": the deepest feature at stride s}."""
+        return {f"stride{spec.stride}": name for name, spec in self.feature_specs().items()}
+
+    def feature_strides(self) -> dict[str, int]:
+        specs = self.feature_specs()
+        strides = {name: spec.stride for name, spec in specs.items()}
+        return strides | {alias: specs[name].stride for alias, name in self._aliases().items()}
+
+    def feature_channels(self) -> dict[str, int]:
+        specs = self.feature_specs()
+        channels = {name: spec.channels for name, spec in specs.items()}
+        return channels | {alias: specs[name].channels for alias, name in self._aliases().items()}
+
+    def strides(self) -> list[int]:
+        """The distinct strides of the features, finest first."""
+        return sorted({spec.stride for spec in self.feature_specs().values()})
+
+    def max_stride(self) -> int:
+        return self.strides()[-1]
+
+    def feature_at(self, stride: int, which: str = "deepest") -> str:
+        """The first or deepest feature at `stride`, by its unambiguous name.
+
+        A feature alone at its stride is named "stride{s}"; where several share
+        a stride (VGG16's pool4 and conv5_3), by its paper name.
+        """
+        names = [n for n, spec in self.feature_specs().items() if spec.stride == stride]
+        if not names:
+            raise ValueError(f"{type(self).__name__} has no feature at stride {stride}")
+        if len(names) == 1:
+            return f"stride{stride}"
+        return names[0] if which == "first" else names[-1]
+
+    def require(self, names, owner: str) -> None:
+        """Raises ValueError if any of `names` is not a feature of this encoder."""
+        strides = self.feature_strides()
+        missing = [n for n in names if n not in strides]
+        if missing:
+            raise ValueError(
+                f"{owner}: encoder {type(self).__name__} has no feature(s) {missing};"
+                f" it has {sorted(strides)}"
+            )
+
+    def with_aliases(self, features: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+        """`features` (by paper name) plus the "stride{s}" aliases; ends every `__call__`."""
+        return features | {alias: features[name] for alias, name in self._aliases().items()}
+
+
+class SegmentationModel(nn.Module):
+    """Base class of models: images (N, H, W, C) -> class scores; declares its input needs."""
+
+    def input_multiple(self) -> int:
+        """Input sides must be multiples of this (1: any size)."""
+        return 1
+
+    def input_padding(self, height: int, width: int) -> tuple[Pads, Pads] | None:
+        """(image_pads, label_pads) that make the output cover a (height x width) image, for
+        models whose output is smaller than their input; None when output = input."""
+        return None
+
+    def position_dependent(self) -> bool:
+        """True if a pixel's prediction depends on its absolute position in the input."""
+        return False

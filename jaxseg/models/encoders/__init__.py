@@ -1,0 +1,39 @@
+"""Encoders: classification backbones made fully convolutional (contract: jaxseg.models.base).
+
+`build_encoder` is the one place a model gets its encoder: by registered
+name and options, checked for the features the model's decoder consumes.
+"""
+
+import functools
+
+from jaxseg.models.base import Encoder
+from jaxseg.models.encoders.resnet import ResNet
+from jaxseg.models.encoders.unet import UNetEncoder
+from jaxseg.models.encoders.vgg import VGG16
+from jaxseg.registry import Registry
+
+ENCODERS = Registry(
+    "encoder",
+    {
+        "vgg16": VGG16,
+        "resnet18": functools.partial(ResNet, depth=18),
+        "resnet34": functools.partial(ResNet, depth=34),
+        "resnet50": functools.partial(ResNet, depth=50),
+        "unet": UNetEncoder,
+    },
+)
+
+
+def get_encoder(encoder_name: str, /, **options) -> Encoder:
+    """Builds an encoder by name; a bad name or option is a ValueError listing what is allowed."""
+    return ENCODERS.build(encoder_name, **options)
+
+
+def build_encoder(encoder_name: str, options=None, *, detached: bool = False) -> Encoder:
+    """The encoder a model uses: its submodule "encoder", or, `detached`, a free-standing
+    copy whose declared features a model's contract methods can read outside `apply`."""
+    placement = {"parent": None} if detached else {"name": "encoder"}
+    return get_encoder(encoder_name, **placement, **dict(options or {}))
+
+
+__all__ = ["ENCODERS", "Encoder", "ResNet", "UNetEncoder", "VGG16", "build_encoder", "get_encoder"]

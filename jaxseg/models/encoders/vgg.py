@@ -1,0 +1,61 @@
+"""VGG16 as FCN uses it: 13 3x3 convs, 5 max-pools, fc6/fc7 as convolutions."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxseg.models.base import Encoder, FeatureSpec
+from jaxseg.models.layers import max_pool
+
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convs) per block
+
+
+class VGG16(Encoder):
+    """VGG16 made fully convolutional (Long et al. 2015).
+
+    Features: conv{b}_{last} (before pooling) and pool{b} for blocks 1-5, and
+    fc6, fc7 (7x7 and 1x1 convolutions, ReLU, dropout) when `include_fc`.
+
+    Attributes:
+      include_fc: add fc6 (7x7x4096) and fc7 (1x1x4096), each ReLU + dropout.
+      fc_dropout: dropout rate after fc6 and fc7 (0.5 in the paper).
+      input_padding: padding of conv1_1; FCN pads 100 so that any input
+        survives fc6's unpadded 7x7 conv ("caffe" alignment). 1 = "same".
+      ceil_mode: Caffe pooling, which rounds the output size up.
+      fc6_padding: "SAME" or "VALID" (Caffe's FCN: VALID).
+    """
+
+    include_fc: bool = True
+    fc_dropout: float = 0.5
+    input_padding: int = 1
+    ceil_mode: bool = False
+    fc6_padding: str = "SAME"
+
+    def feature_specs(self) -> dict[str, FeatureSpec]:
+        specs = {}
+        for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
+            specs[f"conv{block}_{convs}"] = FeatureSpec(2 ** (block - 1), width)
+            specs[f"pool{block}"] = FeatureSpec(2**block, width)
+        if self.include_fc:
+            specs.update(fc6=FeatureSpec(32, 4096), fc7=FeatureSpec(32, 4096))
+        return specs
+
+    @nn.compact
+    def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
+        features = {}
+        for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
+            for index in range(1, convs + 1):
+                pad = self.input_padding if (block, index) == (1, 1) else 1
+                x = nn.Conv(
+                    width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{block}_{index}"
+                )(x)
+                x = nn.relu(x)
+            features[f"conv{block}_{convs}"] = x
+            x = max_pool(x, 2, 2, ceil_mode=self.ceil_mode)
+            features[f"pool{block}"] = x
+        if self.include_fc:
+            for name, size, padding in (("fc6", 7, self.fc6_padding), ("fc7", 1, "VALID")):
+                x = nn.Conv(4096, (size, size), padding=padding, name=name)(x)
+                x = nn.relu(x)
+                x = nn.Dropout(self.fc_dropout, deterministic=not train)(x)
+                features[name] = x
+        return self.with_aliases(features)
