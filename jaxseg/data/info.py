@@ -1,8 +1,13 @@
-"""Metadata every dataset carries: classes, ignore label, palette, class frequencies."""
+"""Metadata every dataset carries: classes, ignore label, palette, normalisation, frequencies."""
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
+
+# ImageNet statistics (0-255 scale), the convention of the pretrained encoders.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +20,10 @@ class SegmentationInfo:
       palette: (num_classes, 3) uint8 colours for visualising masks.
       class_frequencies: fraction of labelled training pixels per class, or
         None when not cheap to compute.
+      presence_frequencies: pixels of each class over the labelled pixels of
+        the images in which it occurs (for median-frequency weights).
+      image_mean, image_std: per-channel statistics (0-255 scale) that
+        `normalize` standardises images with.
     """
 
     class_names: tuple[str, ...]
@@ -22,10 +31,30 @@ class SegmentationInfo:
     palette: tuple[tuple[int, int, int], ...] | None = None
     class_frequencies: tuple[float, ...] | None = None
     presence_frequencies: tuple[float, ...] | None = None
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def normalize(self, images) -> jnp.ndarray:
+        """uint8 (..., H, W, 3) images -> float32, standardised per channel."""
+        mean = jnp.asarray(self.image_mean, jnp.float32)
+        std = jnp.asarray(self.image_std, jnp.float32)
+        return (jnp.asarray(images).astype(jnp.float32) - mean) / std
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict; `from_dict` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "SegmentationInfo":
+        def as_tuple(value):
+            return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: as_tuple(v) for k, v in fields.items() if k in known})
 
     def median_frequency_weights(self) -> np.ndarray:
         """Median-frequency balancing (Eigen & Fergus 2015): weight_c = median(f) / f_c.
