@@ -11,21 +11,15 @@ median-frequency class weights (as SegNet). Evaluation at the native 360x480
 reaches, and in how long, is in the README (Results on real data).
 """
 
-import os
-
-from jaxseg.config import base_config
-
-SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+from jaxseg.config import base_config, data_config, model_config, shared_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "unet"
-    config.model.base_features = 16
-    config.model.depth = 4
+    config.model = model_config("unet", base_features=16, depth=4)
 
     config.data.name = "folder"
-    config.data.options.root = os.path.normpath(os.path.join(SHARED_DATA, "camvid"))
+    config.data.options = data_config("folder", root=shared_data("camvid"))
     config.data.options.splits = ("train", "val", "test")
     config.data.options.split_dir = "splits"
     config.data.options.class_table = "classes.csv"

@@ -7,16 +7,12 @@ Reaches mIoU >= 0.80 on the shapes validation split in under 10 minutes on 2 CPU
 cores (measured: README, Results). configs/unet.py is the paper's width (64).
 """
 
-from jaxseg.config import base_config, use_shapes_data
+from jaxseg.config import base_config, model_config, use_shapes_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "unet"
-    config.model.base_features = 16
-    config.model.depth = 4
-    config.model.upsample = "transposed"
-
+    config.model = model_config("unet", base_features=16, depth=4, upsample="transposed")
     use_shapes_data(config, image_size=64)
     config.data.batch_size = 16
 

@@ -9,21 +9,15 @@ weights), which makes the net learn the gaps between touching nuclei.
 Validation images (256x256 to 520x696) are padded to 528x704 (the padding is ignored).
 """
 
-import os
-
-from jaxseg.config import base_config
-
-SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+from jaxseg.config import base_config, data_config, model_config, shared_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "unet"
-    config.model.base_features = 16
-    config.model.depth = 4
+    config.model = model_config("unet", base_features=16, depth=4)
 
     config.data.name = "folder"
-    config.data.options.root = os.path.normpath(os.path.join(SHARED_DATA, "dsb2018_nuclei_subset"))
+    config.data.options = data_config("folder", root=shared_data("dsb2018_nuclei_subset"))
     config.data.options.splits = ("train", "val")
     config.data.options.split_dir = "splits"
     config.data.options.class_names = ("background", "nucleus")

@@ -6,16 +6,14 @@ Skips from layer3 (stride 16) and layer2 (stride 8) onto layer4 (stride 32),
 bilinear-initialised transposed convs, zero-initialised score layers.
 """
 
-from jaxseg.config import base_config, use_shapes_data
+from jaxseg.config import base_config, model_config, use_shapes_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "fcn8s"
-    config.model.encoder = "resnet50"
-    config.model.upsample = "transposed"
-    config.model.alignment = "same"
-
+    config.model = model_config(
+        "fcn8s", encoder="resnet50", upsample="transposed", alignment="same"
+    )
     use_shapes_data(config, image_size=64)
     config.data.batch_size = 16
 

@@ -13,7 +13,7 @@ the encoder starts from scratch; what each reaches in the CPU budget is in the
 README's model table.
 """
 
-from jaxseg.config import base_config, use_shapes_data
+from jaxseg.config import base_config, model_config, use_shapes_data
 
 VARIANTS = {"32s": "fcn32s", "16s": "fcn16s", "8s": "fcn8s"}
 
@@ -22,12 +22,13 @@ def get_config(variant="8s"):
     if variant not in VARIANTS:
         raise ValueError(f"FCN variant {variant!r} is not one of {sorted(VARIANTS)}")
     config = base_config()
-    config.model.name = VARIANTS[variant]
-    config.model.encoder = "vgg16"
-    config.model.upsample = "transposed"
-    config.model.train_upsample = True
-    config.model.alignment = "same"
-
+    config.model = model_config(
+        VARIANTS[variant],
+        encoder="vgg16",
+        upsample="transposed",
+        train_upsample=True,
+        alignment="same",
+    )
     use_shapes_data(config, image_size=64)
     config.data.batch_size = 16
 

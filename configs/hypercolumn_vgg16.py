@@ -7,18 +7,19 @@ resized (bilinear) to stride 4, summed, ReLU, classified by a 2x2 grid of
 location-specific classifiers interpolated per pixel, resized to the input.
 """
 
-from jaxseg.config import base_config, use_shapes_data
+from jaxseg.config import base_config, model_config, use_shapes_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "hypercolumn"
-    config.model.encoder = "vgg16"
-    config.model.features = ("pool2", "conv4_3", "fc7")
-    config.model.projection_features = 256
-    config.model.fusion = "sum"
-    config.model.location_grid = 2
-
+    config.model = model_config(
+        "hypercolumn",
+        encoder="vgg16",
+        features=("pool2", "conv4_3", "fc7"),
+        projection_features=256,
+        fusion="sum",
+        location_grid=2,
+    )
     use_shapes_data(config, image_size=64)
     config.data.batch_size = 16
 

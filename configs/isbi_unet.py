@@ -13,21 +13,15 @@ scale and brightness changes; 256x256 training crops, evaluation on the full
 slices.
 """
 
-import os
-
-from jaxseg.config import base_config
-
-SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+from jaxseg.config import base_config, data_config, model_config, shared_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "unet"
-    config.model.base_features = 16
-    config.model.depth = 4
+    config.model = model_config("unet", base_features=16, depth=4)
 
     config.data.name = "folder"
-    config.data.options.root = os.path.normpath(os.path.join(SHARED_DATA, "isbi2012_membrane"))
+    config.data.options = data_config("folder", root=shared_data("isbi2012_membrane"))
     config.data.options.splits = ("train",)
     config.data.options.mask_format = "binary"
     config.data.options.class_names = ("membrane", "cell")

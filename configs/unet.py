@@ -6,16 +6,12 @@
 the same net at width 16, sized to learn the shapes in minutes on a CPU.
 """
 
-from jaxseg.config import base_config, use_shapes_data
+from jaxseg.config import base_config, model_config, use_shapes_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "unet"
-    config.model.base_features = 64
-    config.model.depth = 4
-    config.model.upsample = "transposed"
-
+    config.model = model_config("unet", base_features=64, depth=4, upsample="transposed")
     use_shapes_data(config, image_size=64)
     config.data.batch_size = 16
 

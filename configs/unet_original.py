@@ -8,16 +8,12 @@ the centre of its input tile: each 64x64 training crop is mirror-padded to a
 label), as the paper extrapolates missing context by mirroring.
 """
 
-from jaxseg.config import base_config, use_shapes_data
+from jaxseg.config import base_config, model_config, use_shapes_data
 
 
 def get_config():
     config = base_config()
-    config.model.name = "unet_original"
-    config.model.base_features = 64
-    config.model.depth = 4
-    config.model.upsample = "transposed"
-
+    config.model = model_config("unet_original", base_features=64, depth=4, upsample="transposed")
     use_shapes_data(config, image_size=64)
     config.data.batch_size = 4
     config.data.eval_batch_size = 10

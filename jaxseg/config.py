@@ -1,53 +1,145 @@
 """The config schema: every key a training config may have, with its default.
 
-Config files in `configs/` start from `base_config()` and override values;
-`validate_config` rejects keys that are not in the schema (typos would
-otherwise be silently ignored). Two sub-dicts are open-ended and checked by
-what consumes them: `model` (the registered model's options, checked by
-`jaxseg.models.get_model`) and `data.options` (the dataset loader's
-arguments, checked by `jaxseg.data.load_dataset`).
+Defaults live where the code that uses them is declared, and are read from
+there: `config.model` is the chosen model's constructor options
+(`model_config`), `config.data.options` the dataset loader's arguments,
+`config.data.augment` the fields of `AugmentConfig`, the loader settings
+those of `LoaderConfig`. So every key a run uses is in its config, can be
+overridden on the command line (`--config.model.dtype=...`), and is recorded
+in every checkpoint. Keys absent from the schema are errors
+(`validate_config`), as are unknown model or loader options.
+
+Groups: `model` (the network), `data` (dataset, batches, augmentation),
+`optim` (how it is optimised), `loss`, `train` (the loop, checkpoints,
+devices). `seed` seeds initialisation, data order and dropout.
 """
 
+import importlib.util
+import inspect
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+
 import ml_collections
+from ml_collections import config_dict
 
+from jaxseg.errors import ConfigError
+from jaxseg.registry import option_parameters
+
+# Sub-dicts whose keys are checked by what consumes them (the model's and the
+# loader's constructors), not by the schema.
 OPEN_KEYS = ("model", "data.options")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def base_config() -> ml_collections.ConfigDict:
+def _config_value(parameter: inspect.Parameter):
+    """A constructor default as a config value that the command line can override."""
+    default = parameter.default
+    if default is inspect.Parameter.empty or default is None:
+        return config_dict.placeholder(_placeholder_type(parameter.annotation))
+    if isinstance(default, list | tuple):
+        return tuple(default)
+    if isinstance(default, Mapping):
+        return ml_collections.ConfigDict(dict(default))
+    return default
+
+
+def _placeholder_type(annotation):
+    """int for `int | None`, tuple for `Sequence[str] | None`, ... (str when unknown)."""
+    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    for candidate in candidates or (annotation,):
+        origin = typing.get_origin(candidate) or candidate
+        if candidate is type(None):
+            continue
+        if origin in (int, float, str, bool):
+            return origin
+        if isinstance(origin, type) and issubclass(origin, Sequence):
+            return tuple
+    return str
+
+
+def constructor_defaults(constructor, exclude=()) -> dict:
+    """{option: config value} of a constructor's options (`registry.option_parameters`)."""
+    return {
+        name: _config_value(p)
+        for name, p in option_parameters(constructor).items()
+        if name not in exclude
+    }
+
+
+def model_config(name: str, **options) -> ml_collections.ConfigDict:
+    """`config.model` for model `name`: all its constructor options, defaults overridden by
+    `options`. `encoder_options` holds the chosen encoder's options too (except for the
+    "unet" encoder, which the U-Net's own options shape). num_classes None = the dataset's."""
+    from jaxseg.models import MODELS
+    from jaxseg.models.encoders import ENCODERS
+
+    fields = constructor_defaults(MODELS.get(name))
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option(s) {unknown}; its options are {sorted(fields)}"
+        )
+    if "encoder_options" in fields:
+        encoder = options.get("encoder", fields.get("encoder"))
+        encoder_fields = {} if encoder == "unet" else constructor_defaults(ENCODERS.get(encoder))
+        given = dict(options.pop("encoder_options", None) or {})
+        bad = sorted(set(given) - set(encoder_fields)) if encoder != "unet" else sorted(given)
+        if bad:
+            raise ConfigError(
+                f"encoder {encoder!r} has no option(s) {bad}; its options are"
+                f" {sorted(encoder_fields)}"
+            )
+        fields["encoder_options"] = ml_collections.ConfigDict(encoder_fields | given)
+    config = ml_collections.ConfigDict({"name": name, **fields})
+    for key, value in options.items():
+        config[key] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def data_config(name: str, **options) -> ml_collections.ConfigDict:
+    """`config.data.options` for dataset loader `name`: its arguments with their defaults."""
+    from jaxseg.data import DATASETS
+
+    fields = constructor_defaults(DATASETS.get(name))
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"dataset {name!r} has no option(s) {unknown}; its options are {sorted(fields)}"
+        )
+    config = ml_collections.ConfigDict(fields)
+    for key, value in options.items():
+        config[key] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.ConfigDict:
+    """Every key with its default, for `model` on `dataset`."""
+    from jaxseg.data.pipeline import LoaderConfig
+    from jaxseg.data.transforms import AugmentConfig
+
     config = ml_collections.ConfigDict()
     config.seed = 0
-
-    # Model: `name` is a key of the model registry; every other key is passed
-    # to the model constructor. num_classes defaults to the dataset's.
-    config.model = ml_collections.ConfigDict({"name": "unet"})
+    config.model = model_config(model)
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "shapes"
-    config.data.options = ml_collections.ConfigDict()  # loader arguments
+    config.data.name = dataset
+    config.data.options = data_config(dataset)
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     config.data.test_split = ""  # evaluated once at the end when set
     config.data.batch_size = 16  # global, over all devices and hosts
     config.data.eval_batch_size = 16
-    config.data.eval_pad_multiple = 1  # pad eval images to a multiple of this
+    config.data.eval_pad_multiple = 1  # pad eval images to a multiple (and the model's own)
     config.data.eval_examples = 0  # evaluate on the first n examples of a split; 0 = all
     config.data.eval_pad_to = ()  # (H, W): pad eval images of different sizes to one size
-    config.data.num_threads = 2
-    config.data.num_workers = 0
-    config.data.prefetch = 4
+    config.data.update(
+        constructor_defaults(LoaderConfig, exclude=("global_batch_size",))
+    )  # num_threads, num_workers, prefetch
     config.data.augment = ml_collections.ConfigDict(
-        {
-            "crop_size": (),  # (height, width); () keeps the image size
-            "scale_range": (1.0, 1.0),
-            "flip": False,
-            "rotation_degrees": 0.0,
-            "elastic_sigma": 0.0,
-            "elastic_grid": 3,
-            "brightness": 0.0,
-            "contrast": 0.0,
-            "saturation": 0.0,
-            "image_order": 1,
-        }
+        constructor_defaults(AugmentConfig, exclude=("ignore_label",))
     )
 
     config.optim = ml_collections.ConfigDict()
@@ -72,42 +164,85 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     config.train.num_devices = 0  # 0: all devices; n: the first n (single process only)
     config.train.parallelism = "mesh"  # mesh (jit + sharding) | pmap (jaxseg/train/parallel.py)
+    config.train.grid_examples = 6  # validation examples drawn in images/<split>-<step>.png
     return config
 
 
 def validate_config(config: ml_collections.ConfigDict, schema=None, prefix="") -> None:
-    """Raises ValueError naming any key of `config` absent from the schema."""
+    """Raises ConfigError naming any key of `config` absent from the schema."""
     schema = base_config() if schema is None else schema
     for key, value in config.items():
         path = f"{prefix}{key}"
         if path in OPEN_KEYS:
             continue
         if key not in schema:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown config key {path!r}; allowed keys here: {sorted(schema.keys())}"
             )
         if isinstance(schema[key], ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
-                raise ValueError(
+                raise ConfigError(
                     f"config key {path!r} must be a dict of {sorted(schema[key].keys())}"
                 )
             validate_config(value, schema[key], prefix=f"{path}.")
 
 
-def use_shapes_data(config: ml_collections.ConfigDict, image_size: int = 64) -> None:
-    """Sets `config.data` to the built-in shapes dataset with flip + scale/crop augmentation."""
+def use_shapes_data(config: ml_collections.ConfigDict, **options) -> None:
+    """Sets `config.data` to the built-in shapes dataset (loader `options` over its defaults)
+    with flip + scale/crop augmentation at the dataset's image size."""
     config.data.name = "shapes"
-    config.data.options = ml_collections.ConfigDict(
-        {
-            "image_size": image_size,
-            "num_train": 4000,
-            "num_validation": 500,
-            "num_test": 500,
-            "seed": 0,
-            "data_dir": "",  # "": the TFDS default (~/tensorflow_datasets)
-        }
-    )
+    config.data.options = data_config("shapes", **options)
+    size = config.data.options.image_size
     config.data.eval_batch_size = 50
     config.data.augment.flip = True
     config.data.augment.scale_range = (0.8, 1.25)
-    config.data.augment.crop_size = (image_size, image_size)
+    config.data.augment.crop_size = (size, size)
+
+
+def shared_data(name: str = "") -> str:
+    """The path of a real dataset in ../shared/data beside the repository
+    ($JAXSEG_SHARED_DATA overrides the directory)."""
+    root = os.environ.get("JAXSEG_SHARED_DATA") or os.path.join(REPO, "..", "shared", "data")
+    return os.path.normpath(os.path.join(root, name))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`get_config([argument])` of a config file given as "path.py" or "path.py:argument"."""
+    path, _, argument = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(
+        os.path.splitext(os.path.basename(path))[0], path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(*([argument] if argument else []))
+
+
+def recipes(configs_dir: str = os.path.join(REPO, "configs")) -> list[str]:
+    """Every "file.py[:argument]" whose command (`--config configs/file.py[:argument]`) a
+    config file's docstring documents, in file order."""
+    found = []
+    for name in sorted(os.listdir(configs_dir)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(configs_dir, name)) as f:
+            docstring = f.read().split('"""')[1]
+        for argument in re.findall(rf"--config configs/{re.escape(name)}(?::(\S+))?", docstring):
+            spec = f"{name}:{argument}" if argument else name
+            if spec not in found:
+                found.append(spec)
+    return found
+
+
+def config_from_dict(fields: dict) -> ml_collections.ConfigDict:
+    """A config read back from JSON (a checkpoint's record): lists become tuples again."""
+
+    def convert(value):
+        if isinstance(value, dict):
+            return ml_collections.ConfigDict({k: convert(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return tuple(convert(v) for v in value)
+        return value
+
+    return convert(fields)

@@ -1,7 +1,10 @@
 """A name -> constructor table whose errors list what is allowed."""
 
+import functools
 import inspect
 from collections.abc import Callable
+
+from jaxseg.errors import ConfigError
 
 # Flax Module constructor arguments that are not options.
 _NOT_OPTIONS = ("parent", "name")
@@ -24,13 +27,13 @@ class Registry:
 
     def get(self, name: str) -> Callable:
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; available: {self.names()}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; available: {self.names()}")
         return self._entries[name]
 
     def options(self, name: str) -> list[str]:
-        """The keyword arguments `build(name, ...)` accepts."""
-        parameters = inspect.signature(self.get(name)).parameters
-        return sorted(p for p in parameters if p not in _NOT_OPTIONS)
+        """The keyword arguments `build(name, ...)` accepts (those a partial fixes excluded:
+        they are what makes the entry what it is, e.g. fcn8s's num_skips)."""
+        return sorted(option_parameters(self.get(name)))
 
     def build(self, key: str, /, **options):
         """Calls constructor `name` with `options`; unknown options are a ValueError.
@@ -39,8 +42,18 @@ class Registry:
         """
         unknown = sorted(set(options) - set(self.options(key)) - set(_NOT_OPTIONS))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.kind} {key!r} has no option(s) {unknown}; its options are"
                 f" {self.options(key)}"
             )
         return self.get(key)(**options)
+
+
+def option_parameters(constructor: Callable) -> dict[str, inspect.Parameter]:
+    """{name: Parameter} of the options of a constructor, a partial's fixed keywords excluded."""
+    fixed = set(constructor.keywords) if isinstance(constructor, functools.partial) else set()
+    return {
+        name: p
+        for name, p in inspect.signature(constructor).parameters.items()
+        if name not in _NOT_OPTIONS and name not in fixed and p.kind is not p.VAR_KEYWORD
+    }

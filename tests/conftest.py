@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# grain's worker processes read absl flags; outside an absl app they must be marked parsed.
+flags.FLAGS.mark_as_parsed()
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,17 @@
 """Shared test helpers (no side effects: safe to import anywhere)."""
 
-import importlib.util
 import pathlib
 
+from jaxseg.config import load_config_file, shared_data
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = pathlib.Path(shared_data())
 TINY_CONFIG = REPO / "tests" / "tiny_config.py"
 
 
 def load_config(path, *args):
     """get_config(*args) of a config file."""
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
+    return load_config_file(f"{path}:{args[0]}" if args else str(path))
 
 
 def tiny_config(data_dir, **overrides):

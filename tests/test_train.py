@@ -14,7 +14,7 @@ from helpers import REPO, tiny_config
 
 from jaxseg.train.checkpoint import CheckpointMismatchError
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.reporting import read_metrics
+from jaxseg.train.writer import read_metrics
 
 REQUIRED_KEYS = {"step", "split", "loss", "pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class"}
 
@@ -58,13 +58,10 @@ def test_one_and_four_devices_give_the_same_loss_curve(data_dir, tmp_path):
 
 
 def _final_params(workdir, config):
-    from jaxseg.train.checkpoint import Checkpointer
+    from jaxseg.train.setup import load_run
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-    step = checkpointer.latest_step()
-    restored = checkpointer._manager.restore(step)["state"]  # raw pytree, no target needed
-    checkpointer.close()
-    return step, restored["params"]
+    trained = load_run(workdir)
+    return trained.step, trained.variables["params"]
 
 
 def test_resume_continues_step_params_and_data(data_dir, tmp_path, capsys):

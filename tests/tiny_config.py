@@ -3,20 +3,16 @@
 python train.py --config tests/tiny_config.py:/path/to/tfds_data_dir --workdir /tmp/run
 """
 
-from jaxseg.config import base_config
+from jaxseg.config import base_config, data_config, model_config
 
 
 def get_config(data_dir=""):
     config = base_config()
-    config.model.name = "unet"
-    config.model.base_features = 8
-    config.model.depth = 2
+    config.model = model_config("unet", base_features=8, depth=2)
     config.data.name = "shapes"
-    config.data.options.image_size = 32
-    config.data.options.num_train = 64
-    config.data.options.num_validation = 16
-    config.data.options.num_test = 8
-    config.data.options.data_dir = data_dir
+    config.data.options = data_config(
+        "shapes", image_size=32, num_train=64, num_validation=16, num_test=8, data_dir=data_dir
+    )
     config.data.batch_size = 8
     config.data.eval_batch_size = 8
     config.data.augment.flip = True

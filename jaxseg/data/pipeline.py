@@ -16,11 +16,18 @@ import grain
 import numpy as np
 from absl import flags
 
-from jaxseg.data.transforms import AugmentConfig, augment, pad_to_multiple, pad_to_size
+from jaxseg.data.transforms import (
+    AugmentConfig,
+    augment,
+    pad_for_model,
+    pad_to_multiple,
+    pad_to_size,
+)
+from jaxseg.errors import ConfigError, DataError
 
-# A last per-example step after augmentation, e.g. the mirror padding a model
-# with unpadded convolutions needs (see jaxseg.train.loop.model_input_padding).
-Finalize = Callable[[dict], dict]
+# A model's input contract (jaxseg.models.base.SegmentationModel.input_padding):
+# (height, width) -> (image_pads, label_pads), or None when it needs no padding.
+InputPadding = Callable[[int, int], tuple | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +44,12 @@ class LoaderConfig:
     global_batch_size: int
     num_threads: int = 2
     num_workers: int = 0
-    prefetch: int = 2
+    prefetch: int = 4
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {global_batch_size} is not divisible by the {process_count} processes"
         )
     return global_batch_size // process_count
@@ -59,9 +66,9 @@ def to_example(record: Mapping[str, np.ndarray]) -> dict:
     return example
 
 
-def _augment_example(record, rng, augment_config, finalize):
+def _augment_example(record, rng, augment_config, input_padding):
     example = augment(to_example(record), rng, augment_config)
-    return finalize(example) if finalize else example
+    return pad_for_model(example, input_padding, augment_config.ignore_label)
 
 
 def train_dataset(
@@ -71,11 +78,14 @@ def train_dataset(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
-    finalize: Finalize | None = None,
+    input_padding: InputPadding | None = None,
 ) -> grain.IterDataset:
-    """The infinite stream of this process's training batches (dicts of numpy arrays)."""
+    """The infinite stream of this process's training batches (dicts of numpy arrays).
+
+    Each example is augmented, then padded as the model asks (`input_padding`).
+    """
     if len(source) == 0:
-        raise ValueError("the training split is empty")
+        raise DataError("the training split is empty")
     local_batch = local_batch_size(loader.global_batch_size, process_count)
     dataset = (
         grain.MapDataset.source(source)
@@ -83,7 +93,9 @@ def train_dataset(
         .shuffle()
         .repeat()  # reshuffles every epoch
         .random_map(
-            functools.partial(_augment_example, augment_config=augment_config, finalize=finalize)
+            functools.partial(
+                _augment_example, augment_config=augment_config, input_padding=input_padding
+            )
         )
         .batch(local_batch, drop_remainder=True)
     )[process_index::process_count]
@@ -97,7 +109,7 @@ def eval_dataset(
     multiple: int = 1,
     process_index: int = 0,
     process_count: int = 1,
-    finalize: Finalize | None = None,
+    input_padding: InputPadding | None = None,
     limit: int = 0,
     pad_to: tuple[int, int] | None = None,
 ) -> grain.IterDataset:
@@ -107,11 +119,11 @@ def eval_dataset(
     `ignore_label`, so every process gets the same number of full batches and
     the blanks count in no metric. Images are padded (bottom/right, mask with
     `ignore_label`) to a multiple of `multiple`, or to `pad_to` (H, W) when the
-    images differ in size, then `finalize`d. `limit` > 0 evaluates only the
-    first `limit` examples.
+    images differ in size, then as the model asks (`input_padding`). `limit` > 0
+    evaluates only the first `limit` examples.
     """
     if len(source) == 0:
-        raise ValueError("the evaluation split is empty")
+        raise DataError("the evaluation split is empty")
     global_batch = loader.global_batch_size
     local_batch = local_batch_size(global_batch, process_count)
     num_examples = min(len(source), limit) if limit > 0 else len(source)
@@ -127,7 +139,7 @@ def eval_dataset(
         if pad_to:
             example = pad_to_size(example, *pad_to, ignore_label)
         example = pad_to_multiple(example, multiple, ignore_label)
-        return finalize(example) if finalize else example
+        return pad_for_model(example, input_padding, ignore_label)
 
     dataset = (
         grain.MapDataset.range(num_padded)
@@ -140,7 +152,7 @@ def eval_dataset(
 def _stack_same_size(examples: Sequence[dict]) -> dict:
     shapes = sorted({e["mask"].shape for e in examples})
     if len(shapes) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"evaluation images of different sizes {shapes} in one batch; set"
             f" data.eval_pad_to=(H, W) to the largest size, or data.eval_batch_size to the"
             " number of devices"
@@ -153,10 +165,12 @@ def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDatas
         grain.ReadOptions(num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch)
     )
     if loader.num_workers > 0:
-        # grain's workers read absl flags; outside an absl app (tests, notebooks)
-        # they are unparsed, so take their defaults.
         if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
+            raise ConfigError(
+                "data.num_workers > 0 starts grain worker processes, which read absl flags, but"
+                " the flags are not parsed: run under absl.app.run (as train.py does) or call"
+                " absl.flags.FLAGS.mark_as_parsed() first"
+            )
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=loader.num_workers, per_worker_buffer_size=loader.prefetch

@@ -13,6 +13,7 @@ reproducible and order-independent. It is written once as a real TFDS dataset
 """
 
 import dataclasses
+import inspect
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -95,16 +96,16 @@ def _shape_mask(label, rng, dx, dy, radius):
 
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
-    """Size and seed of a generated shapes dataset."""
+    """Size and seed of a generated shapes dataset (values: `shapes_config`)."""
 
-    image_size: int = 64
-    num_train: int = 4000
-    num_validation: int = 500
-    num_test: int = 500
+    image_size: int = 0
+    num_train: int = 0
+    num_validation: int = 0
+    num_test: int = 0
     seed: int = 0
 
 
-def shapes_config(image_size=64, num_train=4000, num_validation=500, num_test=500, seed=0):
+def shapes_config(image_size, num_train, num_validation, num_test, seed):
     """A ShapesConfig named after its parameters, so different ones never share files."""
     name = f"s{image_size}_n{num_train}-{num_validation}-{num_test}_seed{seed}"
     return ShapesConfig(
@@ -122,7 +123,7 @@ class JaxsegShapes(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [shapes_config()]
+    BUILDER_CONFIGS = []  # set below from load_shapes' defaults
 
     def _info(self):
         size = self.builder_config.image_size
@@ -157,11 +158,20 @@ class JaxsegShapes(tfds.core.GeneratorBasedBuilder):
 
 
 def load_shapes(
-    data_dir=None, image_size=64, num_train=4000, num_validation=500, num_test=500, seed=0
+    data_dir: str = "",
+    image_size: int = 64,
+    num_train: int = 4000,
+    num_validation: int = 500,
+    num_test: int = 500,
+    seed: int = 0,
 ):
     """Builds the dataset on first use, then returns ({split: data source}, info).
 
-    `data_dir` "" means the TFDS default directory.
+    Args:
+      data_dir: TFDS data directory ("" = the TFDS default, ~/tensorflow_datasets).
+      image_size: side of the square images.
+      num_train, num_validation, num_test: examples per split.
+      seed: the dataset's seed (each example is a function of seed, split, index).
     """
     config = shapes_config(image_size, num_train, num_validation, num_test, seed)
     registered = {c.name for c in JaxsegShapes.BUILDER_CONFIGS}
@@ -183,3 +193,14 @@ def load_shapes(
         presence_frequencies=presence,
     )
     return sources, info
+
+
+JaxsegShapes.BUILDER_CONFIGS = [
+    shapes_config(
+        **{
+            name: p.default
+            for name, p in inspect.signature(load_shapes).parameters.items()
+            if name != "data_dir"
+        }
+    )
+]

@@ -21,7 +21,7 @@ class AugmentConfig:
     """Parameters of `augment`. The defaults are the identity except flips and scale.
 
     Attributes:
-      crop_size: (height, width) of the output; None keeps the input size.
+      crop_size: (height, width) of the output; () keeps the input size.
       scale_range: the image is resized by a factor drawn uniformly from it.
       flip: random horizontal flip with probability 1/2.
       rotation_degrees: rotation drawn uniformly from [-r, r].
@@ -34,7 +34,7 @@ class AugmentConfig:
       ignore_label: mask value for pixels with no source.
     """
 
-    crop_size: tuple[int, int] | None = None
+    crop_size: tuple[int, ...] = ()
     scale_range: tuple[float, float] = (1.0, 1.0)
     flip: bool = False
     rotation_degrees: float = 0.0
@@ -135,6 +135,12 @@ def _colour_jitter(image, rng, config):
         grey = image.mean(axis=-1, keepdims=True)
         image = (image - grey) * rng.uniform(1 - config.saturation, 1 + config.saturation) + grey
     return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+def pad_for_model(example: dict, input_padding, ignore_label: int) -> dict:
+    """Pads an example as its model asks (`SegmentationModel.input_padding`), if it does."""
+    pads = input_padding(*example["mask"].shape) if input_padding else None
+    return pad_example(example, *pads, ignore_label) if pads else example
 
 
 def pad_example(example: dict, image_pads, label_pads, ignore_label: int) -> dict:

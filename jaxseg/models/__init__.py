@@ -6,8 +6,7 @@ Sizes and variants are partials of one module (FCN-32s/16s/8s differ only in
 
 import functools
 
-import flax.linen as nn
-
+from jaxseg.models.base import Encoder, SegmentationModel
 from jaxseg.models.fcn import FCN
 from jaxseg.models.hypercolumn import Hypercolumn
 from jaxseg.models.unet import UNet
@@ -40,6 +39,17 @@ def model_options(name: str) -> list[str]:
     return MODELS.options(name)
 
 
-def get_model(model_name: str, /, **options) -> nn.Module:
+def get_model(model_name: str, /, **options) -> SegmentationModel:
     """Builds a registered model; a bad name or option is a ValueError listing what is allowed."""
     return MODELS.build(model_name, **options)
+
+
+__all__ = [
+    "MODELS",
+    "Encoder",
+    "SegmentationModel",
+    "get_model",
+    "model_names",
+    "model_options",
+    "register_model",
+]

@@ -11,7 +11,9 @@ local device gets its slice of the process's batch; gradients and metrics are
 summed over all devices of all processes, batch norm statistics are per
 device (unsynchronised) and averaged after each step.
 
-Both expose the same methods, so the training loop does not know which runs.
+Both expose the same methods, so the training loop does not know which runs,
+and each carries the one place where per-device collectives are written
+(`axis`: `GlobalBatch` or `PerDevice`), which the train and eval steps call.
 """
 
 import jax
@@ -19,8 +21,46 @@ import numpy as np
 from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxseg.errors import ConfigError
+
 DATA_AXIS = "data"
 KINDS = ("mesh", "pmap")
+
+
+class GlobalBatch:
+    """The step sees the whole global batch (jit + sharding): no collectives needed."""
+
+    def sum(self, tree):
+        return tree
+
+    def mean(self, tree):
+        return tree
+
+    def num_replicas(self) -> int:
+        return 1
+
+    def fold_in_replica(self, rng):
+        return rng
+
+
+class PerDevice:
+    """The step sees one device's part of the batch (pmap): sums and means over the axis."""
+
+    def __init__(self, axis_name: str):
+        self.axis_name = axis_name
+
+    def sum(self, tree):
+        return jax.lax.psum(tree, self.axis_name)
+
+    def mean(self, tree):
+        return jax.lax.pmean(tree, self.axis_name)
+
+    def num_replicas(self):
+        return jax.lax.psum(1, self.axis_name)
+
+    def fold_in_replica(self, rng):
+        """A different dropout key on each device."""
+        return jax.random.fold_in(rng, jax.lax.axis_index(self.axis_name))
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -32,9 +72,9 @@ def _devices(num_devices, devices):
     if not num_devices:
         return devices
     if jax.process_count() > 1:
-        raise ValueError("train.num_devices must be 0 (all devices) when running on several hosts")
+        raise ConfigError("train.num_devices must be 0 (all devices) when running on several hosts")
     if num_devices > len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"train.num_devices={num_devices} but only {len(devices)} devices are available"
         )
     return devices[:num_devices]
@@ -44,7 +84,7 @@ def check_batch_size(batch_size: int, num_devices: int, name: str = "data.batch_
     if batch_size % num_devices:
         below = batch_size - batch_size % num_devices
         options = [b for b in (below, below + num_devices) if b > 0]
-        raise ValueError(
+        raise ConfigError(
             f"{name}={batch_size} is not divisible by the {num_devices} devices;"
             f" use a multiple of {num_devices}, e.g. {options}"
         )
@@ -53,7 +93,7 @@ def check_batch_size(batch_size: int, num_devices: int, name: str = "data.batch_
 class MeshParallel:
     """jit + NamedSharding over a device mesh."""
 
-    axis_name = None  # the steps see the global batch
+    axis = GlobalBatch()
 
     def __init__(self, num_devices: int = 0):
         self.mesh = make_mesh(num_devices)
@@ -104,7 +144,7 @@ class MeshParallel:
 class PmapParallel:
     """jax.pmap over this process's devices; collectives span all processes."""
 
-    axis_name = DATA_AXIS
+    axis = PerDevice(DATA_AXIS)
 
     def __init__(self, num_devices: int = 0):
         self.devices = _devices(num_devices, jax.local_devices())
@@ -154,4 +194,4 @@ def make_parallel(kind: str, num_devices: int = 0):
         return MeshParallel(num_devices)
     if kind == "pmap":
         return PmapParallel(num_devices)
-    raise ValueError(f"train.parallelism {kind!r} is not one of {KINDS}")
+    raise ConfigError(f"train.parallelism {kind!r} is not one of {KINDS}")

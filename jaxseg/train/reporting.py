@@ -1,8 +1,6 @@
-"""Turning metric sums into records: metrics.jsonl lines and the final table."""
+"""Metric sums: accumulated on device over steps, turned into records and a text table."""
 
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,63 +18,6 @@ def summarize(sums: dict) -> dict:
     record = {"loss": float(sums["loss_sum"]) / loss_weight if loss_weight else float("nan")}
     record.update(segmentation_metrics(np.asarray(sums["confusion"], np.int64)))
     return record
-
-
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-class MetricsLogger:
-    """Appends one JSON object per record to <workdir>/metrics.jsonl (NaN written as null)."""
-
-    def __init__(self, path: str, enabled: bool = True):
-        self.path = path
-        self.enabled = enabled
-
-    def resume_at(self, step: int) -> None:
-        """Moves records after `step` (from a run that stopped before its next checkpoint;
-        the resumed run writes them again) to metrics.discarded.jsonl, so steps in
-        metrics.jsonl never go backwards."""
-        if not self.enabled or not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            lines = [line.rstrip("\n") + "\n" for line in f if line.strip()]
-        keep = [line for line in lines if _logged_step(line) <= step]
-        if len(keep) == len(lines):
-            return
-        discarded = os.path.join(os.path.dirname(self.path), "metrics.discarded.jsonl")
-        with open(discarded, "a") as f:
-            f.writelines(line for line in lines if _logged_step(line) > step)
-        partial = self.path + ".tmp"
-        with open(partial, "w") as f:
-            f.writelines(keep)
-        os.replace(partial, self.path)  # atomic: an interruption leaves the old file whole
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        line = json.dumps({k: _json_safe(v) for k, v in record.items()})
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics.jsonl line; inf for a line cut short when a run was killed."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
-
-
-def read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def format_table(results: dict[str, dict], class_names) -> str:
@@ -106,18 +47,22 @@ def format_table(results: dict[str, dict], class_names) -> str:
     return "\n".join(lines)
 
 
+@jax.jit
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
 class MetricSums:
     """Sums metric dicts on device; folds into host int64/float64 before int32 overflow."""
 
     def __init__(self):
-        self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
         self.device_sums, self.host_sums, self._pixels = None, None, 0
 
     def add(self, metrics, pixels: int):
         if self.device_sums is None:
             self.device_sums = metrics
         else:
-            self.device_sums = self._add(self.device_sums, metrics)
+            self.device_sums = _add(self.device_sums, metrics)
         self._pixels += pixels
         if self._pixels >= MAX_PIXELS_ON_DEVICE:
             self._fold()

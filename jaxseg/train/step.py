@@ -1,33 +1,39 @@
-"""The pure train and eval steps: (state, batch, rng) -> (state, metrics).
+"""The pure train and eval steps: (state, batch, rng) -> (state, metrics), (variables, batch) ->
+metrics. Written once for both forms of data parallelism.
 
 Metrics are sums (loss total, loss weight, confusion matrix), so adding them
 over steps, devices or hosts gives exact global values.
 
-`axis_name` is for the pmap form, where each device sees its part of the
-batch: the loss is still normalised by the global weight, gradients and
-metrics are summed over the axis, and batch norm statistics (computed per
-device, i.e. unsynchronised BN) are averaged. Under jit + sharding (the
-default) `axis_name` is None and XLA does all of this on the global batch.
+`axis` (jaxseg.train.parallel) holds the collectives. Under jit + sharding
+(`GlobalBatch`) the step sees the global batch and they do nothing: XLA
+reduces over devices itself. Under pmap (`PerDevice`) each device sees its
+part of the batch: the loss is still normalised by the global weight,
+gradients and metrics are summed over devices, and batch norm statistics
+(computed per device, i.e. unsynchronised BN) are averaged.
 """
 
-import functools
+import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxseg.data.info import SegmentationInfo
 from jaxseg.losses import pixel_cross_entropy, soft_dice_loss
 from jaxseg.metrics import confusion_matrix
 from jaxseg.models.layers import center_crop
+from jaxseg.train.parallel import GlobalBatch
 
-# ImageNet statistics, the convention of the pretrained encoders.
-IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGE_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+GLOBAL_BATCH = GlobalBatch()
 
 
-def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
-    """uint8 (N, H, W, 3) -> float32, per-channel standardised."""
-    return (images.astype(jnp.float32) - IMAGE_MEAN) / IMAGE_STD
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the loss and metrics need to know: the dataset's labels and the loss settings."""
+
+    info: SegmentationInfo
+    class_weights: tuple[float, ...] | None = None
+    use_pixel_weights: bool = False
+    dice_weight: float = 0.0
 
 
 def align_targets(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -41,95 +47,62 @@ def align_targets(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
     return center_crop(targets[..., None], *logits.shape[1:3])[..., 0]
 
 
-def _loss_and_metrics(
-    logits, batch, loss_config, num_classes, ignore_label, class_weights, axis_name=None
-):
+def loss_and_metrics(logits, batch, task: Task, axis=GLOBAL_BATCH):
+    """(loss normalised over the global batch, metric sums of this batch part)."""
+    info = task.info
     labels = align_targets(logits, batch["mask"])
-    pixel_weights = None
-    if loss_config.use_pixel_weights:
-        pixel_weights = align_targets(logits, batch["weight"])
+    pixel_weights = align_targets(logits, batch["weight"]) if task.use_pixel_weights else None
+    class_weights = None if task.class_weights is None else jnp.asarray(task.class_weights)
     total, weight_sum = pixel_cross_entropy(
-        logits, labels, ignore_label, class_weights, pixel_weights
+        logits, labels, info.ignore_label, class_weights, pixel_weights
     )
-    global_weight = jax.lax.psum(weight_sum, axis_name) if axis_name else weight_sum
-    loss = total / jnp.maximum(global_weight, 1e-12)
-    if loss_config.dice_weight:
-        dice = soft_dice_loss(logits, labels, ignore_label)
-        if axis_name:  # summed over devices below: their mean
-            dice = dice / jax.lax.psum(1, axis_name)
-        loss = loss + loss_config.dice_weight * dice
+    loss = total / jnp.maximum(axis.sum(weight_sum), 1e-12)
+    if task.dice_weight:
+        # Averaged over replicas: the gradients of the replicas' losses are summed.
+        dice = soft_dice_loss(logits, labels, info.ignore_label) / axis.num_replicas()
+        loss = loss + task.dice_weight * dice
     metrics = {
         "loss_sum": total,
         "loss_weight": weight_sum,
-        "confusion": confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, ignore_label),
+        "confusion": confusion_matrix(
+            labels, jnp.argmax(logits, -1), info.num_classes, info.ignore_label
+        ),
     }
     return loss, metrics
 
 
-def train_step(
-    state,
-    batch,
-    rng,
-    *,
-    loss_config,
-    num_classes,
-    ignore_label,
-    class_weights=None,
-    axis_name=None,
-):
-    """One optimisation step on a (global) batch. Returns (new_state, metric sums).
+def variables_of(state) -> dict:
+    """The model variables (params, batch_stats) of a train state."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def train_step(state, batch, rng, *, task: Task, axis=GLOBAL_BATCH):
+    """One optimisation step on a batch. Returns (new_state, metric sums).
 
     `rng` is the run's base key; the step number is folded in, so every step
     draws fresh dropout masks and a resumed run draws the same ones.
     """
-    rng = jax.random.fold_in(rng, state.step)
-    if axis_name:
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    rng = axis.fold_in_replica(jax.random.fold_in(rng, state.step))
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            normalize_images(batch["image"]),
+            task.info.normalize(batch["image"]),
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        loss, metrics = _loss_and_metrics(
-            logits, batch, loss_config, num_classes, ignore_label, class_weights, axis_name
-        )
+        loss, metrics = loss_and_metrics(logits, batch, task, axis)
         return loss, (metrics, updates)
 
     (_, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    batch_stats = updates.get("batch_stats", state.batch_stats)
-    if axis_name:
-        grads = jax.lax.psum(grads, axis_name)
-        metrics = jax.lax.psum(metrics, axis_name)
-        batch_stats = jax.lax.pmean(batch_stats, axis_name)
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+    batch_stats = axis.mean(updates.get("batch_stats", state.batch_stats))
+    state = state.apply_gradients(grads=axis.sum(grads), batch_stats=batch_stats)
+    return state, axis.sum(metrics)
 
 
-def eval_step(
-    state, batch, *, loss_config, num_classes, ignore_label, class_weights=None, axis_name=None
-):
+def eval_step(variables, batch, *, apply_fn, task: Task, axis=GLOBAL_BATCH):
     """Metric sums of the model in inference mode on a batch."""
-    logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        normalize_images(batch["image"]),
-        train=False,
-    )
-    _, metrics = _loss_and_metrics(
-        logits, batch, loss_config, num_classes, ignore_label, class_weights, axis_name
-    )
-    return jax.lax.psum(metrics, axis_name) if axis_name else metrics
-
-
-def bind_steps(loss_config, num_classes, ignore_label, class_weights=None, axis_name=None):
-    """train_step and eval_step with the task's constants bound."""
-    kwargs = dict(
-        loss_config=loss_config,
-        num_classes=num_classes,
-        ignore_label=ignore_label,
-        class_weights=class_weights,
-        axis_name=axis_name,
-    )
-    return functools.partial(train_step, **kwargs), functools.partial(eval_step, **kwargs)
+    logits = apply_fn(variables, task.info.normalize(batch["image"]), train=False)
+    _, metrics = loss_and_metrics(logits, batch, task, axis)
+    return axis.sum(metrics)

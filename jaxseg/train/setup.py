@@ -1,0 +1,303 @@
+"""One run, one setup: `build_run(config)` builds everything a config needs, once, for the
+training loop, evaluation and the benchmarks; `load_run(workdir)` gives back a trained model
+from its checkpoint alone.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxseg.config import config_from_dict, validate_config
+from jaxseg.data import load_dataset
+from jaxseg.data.info import SegmentationInfo
+from jaxseg.data.pipeline import LoaderConfig, batches, eval_dataset, train_dataset
+from jaxseg.data.transforms import AugmentConfig
+from jaxseg.errors import ConfigError, DataError, RunError
+from jaxseg.models import SegmentationModel, get_model
+from jaxseg.train import parallel
+from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.train.state import TrainState, create_train_state, make_optimizer
+from jaxseg.train.step import Task, eval_step, train_step
+
+CHECKPOINTS = "checkpoints"
+
+
+def build_model(model_config, num_classes: int) -> SegmentationModel:
+    """The model `config.model` describes; its num_classes defaults to the dataset's."""
+    # Nested dicts (encoder_options) frozen: a Flax module must be hashable.
+    options = {
+        key: flax.core.FrozenDict(value) if isinstance(value, dict) else value
+        for key, value in model_config.to_dict().items()
+    }
+    name = options.pop("name")
+    if options.get("num_classes") is None:
+        options["num_classes"] = num_classes
+    return get_model(name, **options)
+
+
+def init_input_shape(model: SegmentationModel, side: int = 64) -> tuple[int, int, int]:
+    """An (H, W, 3) input the model takes, to initialise it. Parameter shapes and initial
+    values do not depend on the input size of these fully convolutional models."""
+    multiple = model.input_multiple()
+    side = -(-side // multiple) * multiple
+    pads = model.input_padding(side, side)
+    if pads:
+        side += sum(pads[0][0])
+    return (side, side, 3)
+
+
+def class_weights(loss_config, info: SegmentationInfo):
+    if loss_config.class_weights == "none":
+        return None
+    if loss_config.class_weights == "median_frequency":
+        return tuple(float(w) for w in info.median_frequency_weights())
+    raise ConfigError(
+        f"unknown loss.class_weights {loss_config.class_weights!r};"
+        " allowed: 'none', 'median_frequency'"
+    )
+
+
+def run_record(config, info: SegmentationInfo) -> dict:
+    """What every checkpoint carries so that it can be loaded on its own."""
+    return {"config": config.to_dict(), "info": info.to_dict()}
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a config needs to train or evaluate, built once by `build_run`.
+
+    The compiled steps: `train_step(state, batch, rng) -> (state, metric sums)` and
+    `eval_step(variables, batch) -> metric sums`, batches placed by `layout.put_batch`.
+    """
+
+    config: ml_collections.ConfigDict
+    sources: dict[str, Sequence]
+    info: SegmentationInfo
+    model: SegmentationModel
+    layout: parallel.MeshParallel | parallel.PmapParallel
+    optimizer: optax.GradientTransformation
+    task: Task
+    train_step: object
+    eval_step: object
+
+    @property
+    def shard(self) -> dict:
+        return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+    def source(self, split: str, key: str = "split"):
+        """The dataset split; DataError listing the splits there are."""
+        if split not in self.sources:
+            raise DataError(
+                f"{key}={split!r} is not a split of dataset {self.config.data.name!r};"
+                f" its splits: {sorted(self.sources)}"
+            )
+        return self.sources[split]
+
+    def _init(self, rng):
+        return create_train_state(rng, self.model, self.optimizer, init_input_shape(self.model))
+
+    @functools.cached_property
+    def abstract_state(self) -> TrainState:
+        # Init draws one random tensor per layer: XLA on CPU compiles that in a
+        # fraction of the time with RBG keys than with threefry.
+        return jax.eval_shape(self._init, jax.random.key(self.config.seed, impl="rbg"))
+
+    def init_state(self) -> TrainState:
+        return self.layout.init_state(self._init, jax.random.key(self.config.seed, impl="rbg"))
+
+    @property
+    def step_rng(self):
+        """Dropout's base key (threefry: its bits do not depend on how the batch is sharded)."""
+        return jax.random.key(self.config.seed)
+
+    def loader(self, batch_size: int) -> LoaderConfig:
+        data = self.config.data
+        return LoaderConfig(batch_size, data.num_threads, data.num_workers, data.prefetch)
+
+    def augment_config(self) -> AugmentConfig:
+        options = dict(self.config.data.augment)
+        options.update(
+            crop_size=tuple(options["crop_size"]), scale_range=tuple(options["scale_range"])
+        )
+        return AugmentConfig(**options, ignore_label=self.info.ignore_label)
+
+    def train_batches(self, data_state: dict | None = None):
+        """The training batch iterator, restored to `data_state` (from a checkpoint) if given."""
+        dataset = train_dataset(
+            self.source(self.config.data.train_split, "data.train_split"),
+            self.augment_config(),
+            self.loader(self.config.data.batch_size),
+            self.config.seed,
+            input_padding=self.model.input_padding,
+            **self.shard,
+        )
+        return batches(dataset, data_state)
+
+    def eval_batches(self, split: str):
+        """One pass over `split` in global batches, padded as the data and the model need."""
+        data = self.config.data
+        return eval_dataset(
+            self.source(split),
+            self.loader(data.eval_batch_size),
+            self.info.ignore_label,
+            int(np.lcm(data.eval_pad_multiple, self.model.input_multiple())),
+            input_padding=self.model.input_padding,
+            limit=data.eval_examples,
+            pad_to=tuple(data.eval_pad_to) or None,
+            **self.shard,
+        )
+
+    def record(self) -> dict:
+        return run_record(self.config, self.info)
+
+
+def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None) -> Run:
+    """Builds the dataset, model, optimizer and compiled steps a config describes.
+
+    Args:
+      config: a training config (jaxseg/config.py).
+      parallelism: overrides `config.train.parallelism` (evaluation always uses "mesh").
+
+    Returns:
+      The Run; nothing is read from or written to a workdir.
+    """
+    validate_config(config)
+    layout = parallel.make_parallel(
+        parallelism or config.train.parallelism, config.train.num_devices
+    )
+    parallel.check_batch_size(config.data.batch_size, layout.num_devices)
+    parallel.check_batch_size(
+        config.data.eval_batch_size, layout.num_devices, "data.eval_batch_size"
+    )
+    sources, info = load_dataset(config.data.name, **config.data.options)
+    model = build_model(config.model, info.num_classes)
+    task = Task(
+        info,
+        class_weights(config.loss, info),
+        config.loss.use_pixel_weights,
+        config.loss.dice_weight,
+    )
+    return Run(
+        config=config,
+        sources=sources,
+        info=info,
+        model=model,
+        layout=layout,
+        optimizer=make_optimizer(config.optim, config.train.num_steps),
+        task=task,
+        train_step=layout.compile_train(functools.partial(train_step, task=task, axis=layout.axis)),
+        eval_step=layout.compile_eval(
+            functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
+        ),
+    )
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A trained model loaded from a run's checkpoint (`load_run`)."""
+
+    workdir: str
+    step: int
+    config: ml_collections.ConfigDict
+    info: SegmentationInfo
+    model: SegmentationModel
+    variables: dict  # {"params", "batch_stats"}
+
+    @functools.cached_property
+    def _probabilities(self):
+        return jax.jit(functools.partial(predict_probabilities, self.model, self.info))
+
+    def predict(self, images) -> np.ndarray:
+        """Class probabilities (N, H, W, C) float32 of uint8 (N, H, W, 3) images, at the
+        input size; normalisation and the model's input padding happen inside."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"predict takes uint8 (N, H, W, 3) images; got {images.dtype} {images.shape}"
+            )
+        return np.asarray(self._probabilities(self.variables, images))
+
+
+def predict_probabilities(model: SegmentationModel, info: SegmentationInfo, variables, images):
+    """Softmax of the model on uint8 images of any size: padded as the model needs (mirrored),
+    predicted, cropped back to the input size. Traceable (jit per input shape)."""
+    height, width = images.shape[1:3]
+    pads = model.input_padding(height, width)
+    if pads:
+        image_pads, crop = pads
+    else:
+        multiple = model.input_multiple()
+        image_pads = ((0, -height % multiple), (0, -width % multiple))
+        crop = ((0, 0), (0, 0))
+    mode = "reflect" if min(height, width) > max(p for side in image_pads for p in side) else "edge"
+    padded = jnp.pad(images, ((0, 0), *image_pads, (0, 0)), mode=mode)
+    logits = model.apply(variables, info.normalize(padded), train=False)
+    top, left = crop[0][0], crop[1][0]
+    logits = logits[:, top : top + height, left : left + width]
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def load_run(workdir: str, step: int | None = None) -> TrainedRun:
+    """Loads the model variables of a run's checkpoint (the latest, or `step`).
+
+    Needs neither the dataset nor a config file: each checkpoint carries the
+    config and dataset info it was trained with. Opens the checkpoints read-only
+    and changes nothing in `workdir`.
+
+    Raises:
+      RunError: `workdir` is not a run.
+      CheckpointError: no checkpoint, no checkpoint at `step` (the error lists the
+        saved steps), or a checkpoint whose parameters do not fit its config.
+    """
+    workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        raise RunError(f"{workdir}: no such run directory")
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+        raise RunError(
+            f"{workdir} is not a jaxseg run: it has no {CHECKPOINTS}/ directory"
+            " (train.py --workdir creates one)"
+        )
+    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True)
+    try:
+        step = checkpointer.check_step(step)
+        config, info = _saved_config_and_info(workdir, checkpointer.meta(step))
+        model = build_model(config.model, info.num_classes)
+        abstract = jax.eval_shape(
+            model.init, jax.random.key(0, impl="rbg"), jnp.zeros((1, *init_input_shape(model)))
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = {
+            key: jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                abstract.get(key, {}),
+            )
+            for key in ("params", "batch_stats")
+        }
+        variables = checkpointer.restore_variables(
+            step, abstract, f"The model was built from the config saved with step {step}."
+        )
+    finally:
+        checkpointer.close()
+    return TrainedRun(workdir, step, config, info, model, variables)
+
+
+def _saved_config_and_info(workdir: str, meta: dict | None):
+    """(config, info) from a checkpoint's record; older checkpoints: config.json + the dataset."""
+    if meta is not None:
+        return config_from_dict(meta["config"]), SegmentationInfo.from_dict(meta["info"])
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise RunError(f"{workdir}: its checkpoints carry no config, and there is no config.json")
+    with open(path) as f:
+        config = config_from_dict(json.load(f))
+    _, info = load_dataset(config.data.name, **config.data.options)
+    return config, info
