@@ -1,0 +1,418 @@
+"""torchvision ImageNet weights <-> jaxseg encoder variables (VGG16, ResNet-18/34/50).
+
+Getting the real weights (needs internet and torch once, on any machine)::
+
+    import torch, torchvision, safetensors.torch
+    model = torchvision.models.vgg16(weights="IMAGENET1K_V1")  # or resnet18/34/50
+    safetensors.torch.save_file(model.state_dict(), "vgg16.safetensors")
+
+A downloaded `.pth` (e.g. from ~/.cache/torch/hub/checkpoints/) converts in one line:
+`safetensors.torch.save_file(torch.load(p), out)`. jaxseg reads `.safetensors` and
+`.npz` without torch (`.pth`/`.pt` only where torch is installed); then
+`load_encoder_weights("vgg16.safetensors", "vgg16").variables` is the encoder's
+{"params", "batch_stats"} subtree, the "encoder" entry of a model's variables.
+
+These weights expect RGB images scaled to 0-1 and standardised with the ImageNet
+mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225), which is what
+`SegmentationInfo.normalize` does by default (the same statistics on the 0-255
+scale, jaxseg/data/info.py). Caffe's VGG16, which the FCN paper used, expects BGR
+minus a mean instead: its weights are not these.
+
+Names: ResNet's "layer3_5/conv2_conv/kernel" is torchvision's "layer3.5.conv2.weight",
+"conv2_bn" is "bn2" (scale/bias/mean/var = weight/bias/running_mean/running_var),
+"stem_conv"/"stem_bn" are "conv1"/"bn1", "downsample_conv"/"downsample_bn" are
+"downsample.0"/"downsample.1". VGG16's conv{b}_{i} are "features.N" and fc6/fc7
+are the classifier's Linear layers "classifier.0"/"classifier.3" as 7x7 and 1x1
+convolutions (FCN). Conv kernels go from OIHW to HWIO. torchvision's 1000-way
+classifier ("fc", "classifier.6") and "num_batches_tracked" are ignored. fc7
+equals torchvision's classifier[:5] where pool5 is 7x7 (224x224 input,
+fc6_padding="VALID"); on other sizes it slides over pool5 as in FCN, where
+torchvision would resample pool5 to 7x7 (its adaptive average pool).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from jaxseg.errors import JaxsegError
+from jaxseg.models.encoders import get_encoder
+from jaxseg.models.encoders.vgg import VGG16_BLOCKS
+
+ENCODERS = ("vgg16", "resnet18", "resnet34", "resnet50")
+SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
+MAX_LISTED = 8  # names listed per kind of mismatch in an error; the count says how many more
+
+_LEAVES = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+# torchvision's ImageNet classifiers, which the encoders do not have.
+_CLASSIFIERS = {"vgg16": ("classifier.6.",), "resnet": ("fc.",)}
+
+
+class WeightsError(JaxsegError):
+    """A weights file that cannot be read, or whose tensors do not fit the encoder."""
+
+    heading = "weights error"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedWeights:
+    """An encoder's variables read from a weights file, with the file's identity for the record."""
+
+    variables: dict
+    sha256: str
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """One encoder variable: where it lives in jaxseg, its torchvision name and layout."""
+
+    collection: str
+    path: tuple[str, ...]
+    shape: tuple[int, ...]  # jaxseg's
+    torch_name: str
+    layout: str  # "conv" (OIHW <-> HWIO), "linear" ((O, C*H*W) <-> HWIO) or "vector"
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        if self.layout == "conv":
+            height, width, channels, out = self.shape
+            return (out, channels, height, width)
+        if self.layout == "linear":
+            height, width, channels, out = self.shape
+            return (out, channels * height * width)
+        return self.shape
+
+    def to_jaxseg(self, array: np.ndarray) -> np.ndarray:
+        if self.layout == "linear":
+            # PyTorch flattens (C, H, W): fc6's input index is c*49 + h*7 + w.
+            height, width, channels, out = self.shape
+            array = array.reshape(out, channels, height, width)
+        if self.layout in ("conv", "linear"):
+            array = array.transpose(2, 3, 1, 0)
+        return np.asarray(array, np.float32)
+
+    def to_torch(self, array: np.ndarray) -> np.ndarray:
+        array = np.asarray(array, np.float32)
+        if self.layout in ("conv", "linear"):
+            array = array.transpose(3, 2, 0, 1)
+        if self.layout == "linear":
+            array = array.reshape(self.torch_shape)
+        return np.ascontiguousarray(array)
+
+
+def _family(encoder_name: str) -> str:
+    if encoder_name not in ENCODERS:
+        raise WeightsError(
+            f"no torchvision weights for encoder {encoder_name!r}; supported: {list(ENCODERS)}"
+        )
+    return "vgg16" if encoder_name == "vgg16" else "resnet"
+
+
+def _vgg16_modules() -> dict[str, str]:
+    """{"conv1_1": "features.0", ...}: torchvision's `features` is Conv2d, ReLU, ..., MaxPool2d."""
+    modules, index = {}, 0
+    for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            modules[f"conv{block}_{conv}"] = f"features.{index}"
+            index += 2  # the conv and its ReLU
+        index += 1  # the max-pool
+    return modules | {"fc6": "classifier.0", "fc7": "classifier.3"}
+
+
+def _resnet_module(path: tuple[str, ...]) -> str:
+    """torchvision's module for a jaxseg path: ("layer3_5", "conv2_bn") -> "layer3.5.bn2"."""
+    stem = {("stem_conv",): "conv1", ("stem_bn",): "bn1"}
+    if path in stem:
+        return stem[path]
+    block, layer = path
+    stage, index = block.rsplit("_", 1)
+    prefix, kind = layer.rsplit("_", 1)
+    if prefix == "downsample":
+        module = {"conv": "downsample.0", "bn": "downsample.1"}[kind]
+    else:
+        module = prefix if kind == "conv" else prefix.replace("conv", "bn")
+    return f"{stage}.{index}.{module}"
+
+
+def _options_key(encoder_options) -> tuple:
+    return tuple(sorted(dict(encoder_options or {}).items()))
+
+
+@functools.lru_cache(maxsize=32)
+def _tensors(encoder_name: str, options_key: tuple) -> tuple[_Tensor, ...]:
+    """Every variable of the encoder (its own `init`, shapes only) with its torchvision name."""
+    family = _family(encoder_name)
+    encoder = get_encoder(encoder_name, **dict(options_key))
+    # 224x224 gives VGG16's unpadded fc6 its 7x7 input; eval_shape allocates nothing.
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: encoder.init(jax.random.key(0), x, train=False), images)
+    vgg16_modules = _vgg16_modules()
+    tensors = []
+    for collection in ("params", "batch_stats"):
+        flat = jax.tree_util.tree_flatten_with_path(dict(shapes.get(collection, {})))[0]
+        for key_path, leaf in flat:
+            path = tuple(key.key for key in key_path)
+            *module_path, leaf_name = path
+            try:
+                if family == "vgg16":
+                    module = vgg16_modules[module_path[0]]
+                else:
+                    module = _resnet_module(tuple(module_path))
+                torch_name = f"{module}.{_LEAVES[leaf_name]}"
+            except (KeyError, ValueError) as error:
+                raise ValueError(
+                    f"{encoder_name}: no torchvision name for variable {collection}/"
+                    + "/".join(path)
+                ) from error
+            if leaf_name != "kernel":
+                layout = "vector"
+            else:
+                layout = "linear" if module.startswith("classifier.") else "conv"
+            tensors.append(_Tensor(collection, path, tuple(leaf.shape), torch_name, layout))
+    return tuple(tensors)
+
+
+def _ignored(encoder_name: str, tensors: tuple[_Tensor, ...], name: str) -> bool:
+    """Whether a file's tensor is one the encoder has no use for (classifier, batch counter)."""
+    if name.endswith(".num_batches_tracked"):
+        return True
+    classifier = _CLASSIFIERS[_family(encoder_name)]
+    if encoder_name == "vgg16" and not any(t.layout == "linear" for t in tensors):
+        classifier = ("classifier.",)  # include_fc=False: fc6 and fc7 are unused too
+    return name.startswith(classifier)
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
+
+
+def torchvision_shapes(encoder_name: str, encoder_options=None) -> dict[str, tuple[int, ...]]:
+    """The torchvision tensors an encoder reads, by name, with their torchvision shapes.
+
+    Args:
+      encoder_name: "vgg16", "resnet18", "resnet34" or "resnet50".
+      encoder_options: the encoder's options (`get_encoder(name, **options)`).
+
+    Returns:
+      {torchvision name: shape}, without the ignored classifier and batch counters.
+    """
+    tensors = _tensors(encoder_name, _options_key(encoder_options))
+    return {tensor.torch_name: tensor.torch_shape for tensor in tensors}
+
+
+def encoder_variables(
+    encoder_name: str, state_dict: dict, encoder_options=None, source: str = ""
+) -> dict:
+    """The encoder's variables from a torchvision-named state dict, every tensor checked.
+
+    Args:
+      encoder_name: "vgg16", "resnet18", "resnet34" or "resnet50".
+      state_dict: {torchvision name: array}, e.g. `read_state_dict(path)`.
+      encoder_options: the encoder's options; VGG16 with include_fc=False ignores
+        the classifier tensors.
+      source: where `state_dict` came from (a file name), for error messages.
+
+    Returns:
+      {"params": ..., "batch_stats": ...} nested dicts of float32 numpy arrays
+      ("batch_stats" is empty for VGG16), as the encoder's `init` returns them;
+      float32 inputs come back as (transposed) views of `state_dict`'s arrays.
+
+    Raises:
+      WeightsError: listing the missing, unexpected, wrongly shaped and
+        non-float tensors, with counts.
+    """
+    tensors = _tensors(encoder_name, _options_key(encoder_options))
+    expected = {tensor.torch_name: tensor for tensor in tensors}
+    missing = sorted(name for name in expected if name not in state_dict)
+    unexpected = sorted(
+        name
+        for name in state_dict
+        if name not in expected and not _ignored(encoder_name, tensors, name)
+    )
+    wrong_shape, not_float = [], []
+    for name, tensor in sorted(expected.items()):
+        if name not in state_dict:
+            continue
+        value = np.asarray(state_dict[name])
+        if value.shape != tensor.torch_shape:
+            wrong_shape.append(f"{name} {value.shape} (expected {tensor.torch_shape})")
+        elif value.dtype.kind != "f":
+            not_float.append(f"{name} {value.dtype}")
+    problems = [
+        f"{len(names)} {kind}: {_listed(names)}"
+        for kind, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("with the wrong shape", wrong_shape),
+            ("not floating point", not_float),
+        )
+        if names
+    ]
+    if problems:
+        raise WeightsError(
+            f"{source or 'state dict'}: the tensors do not fit encoder {encoder_name!r}"
+            f" (options {dict(encoder_options or {})}; torchvision names): " + "; ".join(problems)
+        )
+    variables = {"params": {}, "batch_stats": {}}
+    for tensor in tensors:
+        node = variables[tensor.collection]
+        for key in tensor.path[:-1]:
+            node = node.setdefault(key, {})
+        node[tensor.path[-1]] = tensor.to_jaxseg(np.asarray(state_dict[tensor.torch_name]))
+    return variables
+
+
+def torchvision_state_dict(encoder_name: str, variables, encoder_options=None) -> dict:
+    """The inverse of `encoder_variables`: jaxseg encoder variables -> torchvision names.
+
+    Args:
+      encoder_name: "vgg16", "resnet18", "resnet34" or "resnet50".
+      variables: the encoder's {"params", "batch_stats"} (dicts or FrozenDicts of
+        numpy or jax arrays), e.g. a model's variables' "encoder" entries.
+      encoder_options: the encoder's options.
+
+    Returns:
+      {torchvision name: contiguous float32 numpy array}, loadable with
+      `torchvision.models.<name>().load_state_dict(..., strict=False)` (it has
+      no classifier and no batch counters).
+
+    Raises:
+      WeightsError: a variable is missing or has the wrong shape.
+    """
+    state_dict, problems = {}, []
+    for tensor in _tensors(encoder_name, _options_key(encoder_options)):
+        node, where = variables.get(tensor.collection, {}), "/".join(tensor.path)
+        try:
+            for key in tensor.path:
+                node = node[key]
+        except (KeyError, TypeError):
+            problems.append(f"{tensor.collection}/{where} missing")
+            continue
+        if tuple(np.shape(node)) != tensor.shape:
+            problems.append(
+                f"{tensor.collection}/{where} {np.shape(node)} (expected {tensor.shape})"
+            )
+            continue
+        state_dict[tensor.torch_name] = tensor.to_torch(np.asarray(node))
+    if problems:
+        raise WeightsError(
+            f"variables do not fit encoder {encoder_name!r}: {len(problems)} problems:"
+            f" {_listed(problems)}"
+        )
+    return state_dict
+
+
+def read_state_dict(path) -> dict[str, np.ndarray]:
+    """A file's tensors by name: `.safetensors`, `.npz`, or `.pth`/`.pt` where torch is installed.
+
+    Args:
+      path: the weights file.
+
+    Returns:
+      {name: numpy array} (torch tensors converted; bfloat16 to float32).
+
+    Raises:
+      FileNotFoundError: no such file.
+      WeightsError: another kind of file, or a truncated or corrupt one.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise WeightsError(
+            f"{path}: not a weights file (its suffix {suffix!r} is not one of {list(SUFFIXES)})"
+        )
+    try:
+        if suffix == ".safetensors":
+            return safetensors.numpy.load_file(path)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+    except Exception as error:  # each format raises its own kinds for a damaged file
+        raise WeightsError(
+            f"{path}: cannot read it as {suffix} (truncated or corrupt?): {error}"
+        ) from error
+    return _read_torch(path)
+
+
+def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        import torch  # optional: only .pth/.pt files need it
+    except ImportError as error:
+        raise WeightsError(
+            f"{path}: reading {path.suffix} files needs torch, which is not installed; convert"
+            " it where torch is: `import torch, safetensors.torch;"
+            f" safetensors.torch.save_file(torch.load({str(path)!r}),"
+            f" {str(path.with_suffix('.safetensors'))!r})`"
+        ) from error
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises pickle, zip and runtime errors for a bad file
+        raise WeightsError(f"{path}: cannot read it with torch.load: {error}") from error
+    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
+        raise WeightsError(
+            f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors"
+            " (save `model.state_dict()`)"
+        )
+    return {
+        name: (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+        for name, tensor in loaded.items()
+    }
+
+
+def file_sha256(path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_encoder_weights(path, encoder_name: str, encoder_options=None) -> LoadedWeights:
+    """Reads a torchvision weights file into an encoder's variables.
+
+    Args:
+      path: `.safetensors`, `.npz`, or `.pth`/`.pt` (with torch installed).
+      encoder_name: "vgg16", "resnet18", "resnet34" or "resnet50".
+      encoder_options: the encoder's options (as the model passes them).
+
+    Returns:
+      LoadedWeights: `variables` ({"params", "batch_stats"} of float32 numpy
+      arrays), the file's `sha256` and `path`, for the run's record.
+
+    Raises:
+      WeightsError: the file cannot be read or its tensors do not fit (named).
+    """
+    state_dict = read_state_dict(path)
+    variables = encoder_variables(encoder_name, state_dict, encoder_options, source=str(path))
+    return LoadedWeights(variables=variables, sha256=file_sha256(path), path=str(path))
+
+
+def save_safetensors(path, state_dict: dict) -> None:
+    """Writes {name: array} as safetensors, atomically (a temporary file, then a rename).
+
+    Args:
+      path: the file to write.
+      state_dict: {name: numpy-convertible array}, e.g. `torchvision_state_dict(...)`.
+    """
+    path = pathlib.Path(path)
+    arrays = {name: np.ascontiguousarray(value) for name, value in state_dict.items()}
+    partial = path.with_name(path.name + ".partial")
+    safetensors.numpy.save_file(arrays, partial)
+    os.replace(partial, path)
