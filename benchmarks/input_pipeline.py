@@ -13,7 +13,6 @@ full native image size.
 """
 
 import dataclasses
-import importlib.util
 import statistics
 import sys
 import time
@@ -22,21 +21,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxseg.data import load_dataset
-from jaxseg.data.pipeline import LoaderConfig, batches, train_dataset
-from jaxseg.train import parallel
-from jaxseg.train.loop import augment_config, build_model, class_weights
-from jaxseg.train.state import create_train_state, make_optimizer
-from jaxseg.train.step import bind_steps
+from jaxseg.config import load_config_file
+from jaxseg.data.pipeline import batches, train_dataset
+from jaxseg.train.setup import build_run
 
 WINDOW = 5
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def pipeline_rate(source, augment, loader, num_batches):
@@ -53,28 +42,17 @@ def pipeline_rate(source, augment, loader, num_batches):
     return statistics.median(rates)
 
 
-def step_rate(config, info, batch, num_steps):
-    """Median images/s of the jitted train step (batch already on device)."""
-    layout = parallel.MeshParallel(num_devices=1)
-    model = build_model(config, info.num_classes)
-    tx = make_optimizer(config.optim, config.train.num_steps)
-    state = layout.init_state(
-        lambda k: create_train_state(k, model, tx, batch["image"].shape[1:]),
-        jax.random.key(0, impl="rbg"),
-    )
-    train_fn, _ = bind_steps(
-        config.loss, info.num_classes, info.ignore_label, class_weights(config, info)
-    )
-    train_fn = layout.compile_train(train_fn)
-    device_batch = layout.put_batch(batch)
-    rng = jax.random.key(0)
+def step_rate(run, batch, num_steps):
+    """Median images/s of the run's compiled train step (batch already on device)."""
+    state = run.init_state()
+    device_batch = run.layout.put_batch(batch)
     for _ in range(2):  # compile, warm up
-        state, metrics = train_fn(state, device_batch, rng)
+        state, metrics = run.train_step(state, device_batch, run.step_rng)
     jax.block_until_ready(metrics)
     seconds = []
     for _ in range(num_steps):
         start = time.perf_counter()
-        state, metrics = train_fn(state, device_batch, rng)
+        state, metrics = run.train_step(state, device_batch, run.step_rng)
         jax.block_until_ready(metrics)
         seconds.append(time.perf_counter() - start)
     return batch["image"].shape[0] / statistics.median(seconds)
@@ -83,18 +61,18 @@ def step_rate(config, info, batch, num_steps):
 def main(config_path="configs/camvid_unet.py", num_batches="40"):
     logging.set_verbosity(logging.WARNING)
     num_batches = int(num_batches)
-    config = load_config(config_path)
-    sources, info = load_dataset(config.data.name, **config.data.options)
-    source = sources[config.data.train_split]
-    augment = augment_config(config, info.ignore_label)
+    config = load_config_file(config_path)
+    config.train.num_devices = 1
+    run = build_run(config)
+    source = run.source(config.data.train_split)
+    augment = run.augment_config()
     batch_size = config.data.batch_size
     native = source[0]["mask"].shape
     print(
         f"{config_path}: {len(source)} training images of {native[0]}x{native[1]},"
         f" crops {augment.crop_size}, batch {batch_size}, {jax.device_count()} device(s)"
     )
-
-    threads = LoaderConfig(batch_size, num_threads=2, num_workers=0, prefetch=4)
+    threads = dataclasses.replace(run.loader(batch_size), num_threads=2, num_workers=0)
     workers = dataclasses.replace(threads, num_workers=2)
     results = {
         "pipeline, 2 threads": pipeline_rate(source, augment, threads, num_batches),
@@ -104,9 +82,8 @@ def main(config_path="configs/camvid_unet.py", num_batches="40"):
     results["pipeline, 2 threads, full-size crops"] = pipeline_rate(
         source, full, threads, num_batches
     )
-    batch = next(batches(train_dataset(source, augment, threads, seed=0)))
-    batch = {k: np.asarray(v) for k, v in batch.items()}
-    step = step_rate(config, info, batch, max(num_batches // 4, 5))
+    batch = {k: np.asarray(v) for k, v in next(run.train_batches()).items()}
+    step = step_rate(run, batch, max(num_batches // 4, 5))
     results["train step"] = step
     width = max(len(k) for k in results)
     for name, rate in results.items():
@@ -115,4 +92,7 @@ def main(config_path="configs/camvid_unet.py", num_batches="40"):
 
 
 if __name__ == "__main__":
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     main(*sys.argv[1:])

@@ -16,17 +16,17 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = (
-    "default",
-    "unet",
-    "unet_original",
-    "fcn_vgg16:32s",
-    "fcn_vgg16:16s",
-    "fcn_vgg16:8s",
-    "fcn8s_resnet50",
-    "hypercolumn_vgg16",
-)
+from jaxseg.config import REPO, load_config_file, recipes
+
+
+def shapes_recipes() -> list[str]:
+    """The recipes ("file[:argument]") that train on the built-in shapes dataset."""
+    found = []
+    for spec in recipes():
+        if load_config_file(os.path.join(REPO, "configs", spec)).data.name == "shapes":
+            file, _, argument = spec.partition(":")
+            found.append(file.removesuffix(".py") + (f":{argument}" if argument else ""))
+    return found
 
 
 def run(name: str) -> dict:
@@ -66,7 +66,7 @@ def run(name: str) -> dict:
 
 def main(names):
     rows = []
-    for name in names or CONFIGS:
+    for name in names or shapes_recipes():
         rows.append(run(name))
         print(json.dumps(rows[-1]), flush=True)
     columns = (

@@ -1,21 +1,40 @@
-"""jaxseg: semantic segmentation in JAX/Flax (FCN, Hypercolumns, U-Net), data-parallel trainer."""
+"""jaxseg: semantic segmentation in JAX/Flax (FCN, Hypercolumns, U-Net), data-parallel trainer.
 
-from jaxseg.data import SegmentationInfo, dataset_names, load_dataset
-from jaxseg.losses import mean_pixel_cross_entropy, pixel_cross_entropy, soft_dice_loss
-from jaxseg.metrics import confusion_matrix, segmentation_metrics
-from jaxseg.models import get_model, model_names, model_options, register_model
+The public API below is imported lazily, on first use: `import jaxseg.models`
+loads no data or training code, and `import jaxseg` loads nothing heavy.
+"""
 
-__all__ = [
-    "SegmentationInfo",
-    "confusion_matrix",
-    "dataset_names",
-    "get_model",
-    "load_dataset",
-    "mean_pixel_cross_entropy",
-    "model_names",
-    "model_options",
-    "pixel_cross_entropy",
-    "register_model",
-    "segmentation_metrics",
-    "soft_dice_loss",
-]
+import importlib
+
+_API = {
+    "SegmentationInfo": "jaxseg.data",
+    "dataset_names": "jaxseg.data",
+    "load_dataset": "jaxseg.data",
+    "mean_pixel_cross_entropy": "jaxseg.losses",
+    "pixel_cross_entropy": "jaxseg.losses",
+    "soft_dice_loss": "jaxseg.losses",
+    "confusion_matrix": "jaxseg.metrics",
+    "segmentation_metrics": "jaxseg.metrics",
+    "get_model": "jaxseg.models",
+    "model_names": "jaxseg.models",
+    "model_options": "jaxseg.models",
+    "register_model": "jaxseg.models",
+    "build_run": "jaxseg.train.setup",
+    "load_run": "jaxseg.train.setup",
+    "train_and_evaluate": "jaxseg.train.loop",
+    "evaluate_run": "jaxseg.train.evaluation",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'jaxseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

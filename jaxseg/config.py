@@ -10,8 +10,9 @@ in every checkpoint. Keys absent from the schema are errors
 (`validate_config`), as are unknown model or loader options.
 
 Groups: `model` (the network), `data` (dataset, batches, augmentation),
-`optim` (how it is optimised), `loss`, `train` (the loop, checkpoints,
-devices). `seed` seeds initialisation, data order and dropout.
+`init` (what a fresh run starts from), `optim` (how it is optimised), `loss`,
+`train` (the loop, checkpoints, devices). `seed` seeds initialisation, data
+order and dropout.
 """
 
 import importlib.util
@@ -142,14 +143,21 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
         constructor_defaults(AugmentConfig, exclude=("ignore_label",))
     )
 
+    # What a fresh run starts from (a resumed run: its checkpoint, whatever these say).
+    config.init = ml_collections.ConfigDict()
+    config.init.encoder_weights = ""  # torchvision-layout weights file for the encoder
+    config.init.from_run = ""  # a run directory: copy every variable whose path and shape match
+
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"  # adamw | sgd
     config.optim.learning_rate = 1e-3
-    config.optim.schedule = "cosine"  # cosine | constant
+    config.optim.schedule = "cosine"  # cosine | constant | poly
     config.optim.warmup_steps = 0
     config.optim.momentum = 0.9  # sgd only
     config.optim.weight_decay = 0.0
     config.optim.grad_clip_norm = 0.0  # 0 disables
+    config.optim.freeze = ""  # "encoder", or a pattern of parameter paths held fixed
+    config.optim.encoder_lr_mult = 1.0  # the encoder's learning rate = this x the rest's
 
     config.loss = ml_collections.ConfigDict()
     config.loss.class_weights = "none"  # none | median_frequency
@@ -236,7 +244,8 @@ def recipes(configs_dir: str = os.path.join(REPO, "configs")) -> list[str]:
 
 
 def config_from_dict(fields: dict) -> ml_collections.ConfigDict:
-    """A config read back from JSON (a checkpoint's record): lists become tuples again."""
+    """A config read back from JSON (a checkpoint's record): lists become tuples again, and
+    keys added to jaxseg since it was saved take their defaults."""
 
     def convert(value):
         if isinstance(value, dict):
@@ -245,4 +254,20 @@ def config_from_dict(fields: dict) -> ml_collections.ConfigDict:
             return tuple(convert(v) for v in value)
         return value
 
-    return convert(fields)
+    def merge(target, saved, prefix=""):
+        for key, value in saved.items():
+            path = f"{prefix}{key}"
+            if (
+                path not in OPEN_KEYS
+                and key in target
+                and isinstance(target[key], ml_collections.ConfigDict)
+                and isinstance(value, dict)
+            ):
+                merge(target[key], value, f"{path}.")
+            else:
+                target[key] = convert(value)
+
+    config = base_config()
+    with config.unlocked():
+        merge(config, fields)
+    return config

@@ -54,6 +54,21 @@ def test_config_trains_one_step(path, argument, data_dir, tmp_path):
     config.data.eval_batch_size = 2
     config.data.eval_examples = 2
     config.train.update(num_steps=1, log_every=1, eval_every=0, checkpoint_every=0, num_devices=1)
+    # A later stage starts from the previous stage's run (tests/test_finetune.py tests that).
+    config.init.from_run = ""
     results = train_and_evaluate(config, str(tmp_path))
     for split in results:
         assert 0 <= results[split]["pixel_acc"] <= 1
+
+
+def test_model_configs_hold_every_option_of_their_model():
+    from jaxseg.config import model_config
+    from jaxseg.models import model_names, model_options
+
+    for name in model_names():
+        config = model_config(name)
+        assert set(config) == {"name", *model_options(name)}, name
+    fcn = model_config("fcn8s", encoder="resnet18")
+    assert dict(fcn.encoder_options) == {"output_stride": 32}
+    with pytest.raises(ValueError, match=r"model 'unet' has no option\(s\) \['widht'\]"):
+        model_config("unet", widht=3)

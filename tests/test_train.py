@@ -174,6 +174,7 @@ def test_cli_trains_resumes_and_prints_the_table(data_dir, tmp_path):
         "--config.data.augment.crop_size=(32, 32)",
         "--config.model.base_features=4",
         "--config.model.depth=2",
+        "--config.model.use_batch_norm=False",  # an option default.py does not set
         "--config.data.batch_size=4",
         "--config.data.eval_batch_size=4",
         "--config.train.num_steps=2",
@@ -190,16 +191,20 @@ def test_cli_trains_resumes_and_prints_the_table(data_dir, tmp_path):
     assert "Final metrics at step 3" in again.stdout
 
 
-def test_cli_rejects_unknown_override(tmp_path):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.num_stpes=3", "train has no key 'num_stpes'; allowed keys there: ["),
+        ("--config.model.foo=1", "model has no key 'foo'; allowed keys there: ['base_features'"),
+    ],
+)
+def test_cli_rejects_unknown_override_with_the_allowed_keys(tmp_path, override, message):
     result = _run_cli(
-        "--config",
-        str(REPO / "configs" / "default.py"),
-        "--workdir",
-        str(tmp_path),
-        "--config.train.num_stpes=3",
+        "--config", str(REPO / "configs" / "default.py"), "--workdir", str(tmp_path), override
     )
-    assert result.returncode != 0
-    assert "num_stpes" in result.stderr
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_pmap_form_matches_mesh_without_batch_norm_and_trains_with_it(data_dir, tmp_path):

@@ -30,7 +30,9 @@ class FeatureSpec(NamedTuple):
 
 
 class Encoder(nn.Module):
-    """Base class of encoders; subclasses implement `feature_specs` and `__call__`."""
+    """Base class of encoders; subclasses implement `feature_specs` and
+    `__call__(x, train, frozen_bn=False)` (`frozen_bn`: batch norm uses and keeps its running
+    statistics even in training, as when fine-tuning with small batches)."""
 
     def feature_specs(self) -> dict[str, FeatureSpec]:
         """{paper name: (stride, channels)} of every feature, in forward order."""

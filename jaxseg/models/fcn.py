@@ -58,6 +58,7 @@ class FCN(SegmentationModel):
       alignment: "same" or "caffe" (see module docstring).
       skip_scales: factors applied to the skip features before scoring.
       zero_init_scores: FCN's zero-initialised score layers.
+      encoder_frozen_bn: the encoder's batch norm keeps its statistics in training.
     """
 
     num_classes: int
@@ -70,6 +71,7 @@ class FCN(SegmentationModel):
     alignment: str = "same"
     skip_scales: Sequence[float] | None = None
     zero_init_scores: bool = True
+    encoder_frozen_bn: bool = False
 
     def _encoder(self, detached: bool = False) -> Encoder:
         options = dict(self.encoder_options or {})
@@ -130,7 +132,7 @@ class FCN(SegmentationModel):
         if not caffe:
             check_divisible(height, width, strides[names[0]], f"FCN on {self.encoder}")
 
-        features = encoder(x, train)
+        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn)
         score = ScoreHead(self.num_classes, self.zero_init_scores, name="score_fr")(
             features[names[0]]
         )

@@ -66,6 +66,7 @@ class Hypercolumn(SegmentationModel):
       location_grid: K; 1 is a single classifier, K > 1 a K x K grid of
         location-specific classifiers interpolated per pixel.
       resize_method: "bilinear" or "nearest".
+      encoder_frozen_bn: the encoder's batch norm keeps its statistics in training.
     """
 
     num_classes: int
@@ -77,6 +78,7 @@ class Hypercolumn(SegmentationModel):
     resolution: int | None = None
     location_grid: int = 1
     resize_method: str = "bilinear"
+    encoder_frozen_bn: bool = False
 
     def _encoder_and_features(self, detached: bool = False):
         if self.fusion not in FUSIONS:
@@ -106,7 +108,7 @@ class Hypercolumn(SegmentationModel):
         check_divisible(height, width, resolution, "Hypercolumn (resolution)")
         out_h, out_w = height // resolution, width // resolution
 
-        features = encoder(x, train)
+        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn)
         columns = []
         for name in names:
             column = nn.Conv(self.projection_features, (1, 1), name=f"project_{name}")(

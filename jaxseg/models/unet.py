@@ -133,6 +133,7 @@ class UNet(SegmentationModel):
         `encoder_options`; its "stride{s}" features are the skips, its
         coarsest the bottom. If its finest skip is coarser than the input, the
         scores are resized (bilinear) to the input size.
+      encoder_frozen_bn: the encoder's batch norm keeps its statistics in training.
     """
 
     num_classes: int
@@ -143,6 +144,7 @@ class UNet(SegmentationModel):
     upsample: str = "transposed"
     encoder: str = "unet"
     encoder_options: Mapping | None = None
+    encoder_frozen_bn: bool = False
 
     def _encoder(self, detached: bool = False) -> Encoder:
         if self.padding not in PADDINGS:
@@ -190,7 +192,7 @@ class UNet(SegmentationModel):
         else:
             check_divisible(height, width, strides[-1], f"U-Net on {self.encoder}")
 
-        features = encoder(x, train)
+        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn)
         *skips, x = (features[f"stride{s}"] for s in strides)
         for level in reversed(range(len(skips))):
             skip = skips[level]

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from jaxseg.errors import RunError
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.evaluation import evaluate, report, write_curves
+from jaxseg.train.initialise import load_initialisation
 from jaxseg.train.reporting import MetricSums, format_table, summarize
 from jaxseg.train.setup import CHECKPOINTS, Run, build_run
 from jaxseg.train.state import count_params
@@ -29,12 +30,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
     eval_splits = [config.data.eval_split] + [config.data.test_split] * bool(config.data.test_split)
     for split in eval_splits:
         run.source(split, "data.eval_split/test_split")
+    # Weights to start from are read and checked before anything is written.
+    initialisation = None if has_checkpoints(workdir) else load_initialisation(config)
     workdir = prepare_workdir(workdir)
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINTS), config.train.keep_checkpoints)
-    state, batches, start = resume_or_start(run, checkpointer, workdir)
+    state, batches, start, init_report = resume_or_start(run, checkpointer, workdir, initialisation)
     writer = RunWriter(workdir, enabled=jax.process_index() == 0)
     writer.resume_at(start)
     writer.json("config.json", config.to_dict())
+    if initialisation is not None:
+        writer.json("init_report.json", init_report)
+    run_record = {**run.record(), "init": init_report and _short(init_report)}
     progress = Progress(writer, start, config.train.num_steps, config.data.batch_size)
     sums = MetricSums()
     for step in range(start + 1, config.train.num_steps + 1):
@@ -52,7 +58,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
                     f"step {step}: {config.data.eval_split} mIoU {record['miou']:.4f}"
                 )
         if progress.due(step, config.train.checkpoint_every):
-            checkpointer.save(step, run.layout.saveable(state), batches.get_state(), run.record())
+            checkpointer.save(step, run.layout.saveable(state), batches.get_state(), run_record)
     progress.close()
     checkpointer.wait()
     results = final_evaluation(run, state, eval_splits, writer, workdir)
@@ -108,17 +114,54 @@ class Progress:
         self.bar.close()
 
 
-def resume_or_start(run: Run, checkpointer: Checkpointer, workdir: str):
-    """(state, batch iterator, step): from the latest checkpoint, or fresh at step 0."""
+def resume_or_start(run: Run, checkpointer: Checkpointer, workdir: str, initialisation=None):
+    """(state, batch iterator, step, init report): from the latest checkpoint, or fresh at
+    step 0 (from `initialisation` if given)."""
     start = checkpointer.latest_step() or 0
     if not start:
-        return run.init_state(), run.train_batches(), 0
-    explanation = _model_changes(checkpointer.meta(start), run.config, workdir)
+        if initialisation is None:
+            return run.init_state(), run.train_batches(), 0, None
+        state, report = run.init_state(initialisation)
+        print(f"Initialised from {describe_initialisation(report)}")
+        return state, run.train_batches(), 0, report
+    meta = checkpointer.meta(start)
+    explanation = _model_changes(meta, run.config, workdir)
     state, data_state = checkpointer.restore(
         start, run.layout.restore_target(run.abstract_state), explanation
     )
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
-    return run.layout.place_restored(state), run.train_batches(data_state), start
+    if run.config.init.encoder_weights or run.config.init.from_run:
+        print("  (init.encoder_weights/init.from_run apply to a fresh run: the checkpoint wins)")
+    return (
+        run.layout.place_restored(state),
+        run.train_batches(data_state),
+        start,
+        (meta or {}).get("init"),
+    )
+
+
+def has_checkpoints(workdir: str) -> bool:
+    """Whether `workdir` holds a finished checkpoint (a step directory; orbax writes into a
+    temporary name first). Read from the file system: no collective, any process may ask."""
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def describe_initialisation(report: dict) -> str:
+    if "encoder_weights" in report:
+        weights = report["encoder_weights"]
+        return f"encoder weights {weights['path']} (sha256 {weights['sha256'][:16]}...)"
+    source = report["from_run"]
+    return (
+        f"run {source['workdir']} step {source['step']}: {len(report['copied'])} variables"
+        f" copied, {len(report['initialised'])} left at their initialisation,"
+        f" {len(report['mismatched'])} of another shape (init_report.json lists them)"
+    )
+
+
+def _short(report: dict) -> dict:
+    """The initialisation's source, as every checkpoint records it."""
+    return {key: report[key] for key in ("encoder_weights", "from_run") if key in report}
 
 
 def final_evaluation(run: Run, state, splits, writer: RunWriter, workdir: str) -> dict:

@@ -104,6 +104,10 @@ class MeshParallel:
     def init_state(self, init_fn, rng):
         return jax.jit(init_fn, out_shardings=self._replicated)(rng)
 
+    def place(self, state):
+        """A state built on the host (the same on every process), replicated."""
+        return jax.device_put(state, self._replicated)
+
     def restore_target(self, abstract_state):
         """The abstract state orbax restores into (placement included)."""
         return jax.tree.map(
@@ -152,6 +156,9 @@ class PmapParallel:
 
     def init_state(self, init_fn, rng):
         return jax_utils.replicate(jax.jit(init_fn)(rng), self.devices)
+
+    def place(self, state):
+        return jax_utils.replicate(state, self.devices)
 
     def restore_target(self, abstract_state):
         device = self.devices[0]

@@ -26,7 +26,7 @@ from jaxseg.models import SegmentationModel, get_model
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.state import TrainState, create_train_state, make_optimizer
-from jaxseg.train.step import Task, eval_step, train_step
+from jaxseg.train.step import Task, eval_step, train_step, variables_of
 
 CHECKPOINTS = "checkpoints"
 
@@ -111,8 +111,20 @@ class Run:
         # fraction of the time with RBG keys than with threefry.
         return jax.eval_shape(self._init, jax.random.key(self.config.seed, impl="rbg"))
 
-    def init_state(self) -> TrainState:
-        return self.layout.init_state(self._init, jax.random.key(self.config.seed, impl="rbg"))
+    def init_state(self, initialisation=None) -> TrainState:
+        """A fresh state, placed; with an `Initialisation` (jaxseg/train/initialise.py) its
+        variables copied in. Returns the state, or (state, report) with an initialisation."""
+        rng = jax.random.key(self.config.seed, impl="rbg")
+        if initialisation is None:
+            return self.layout.init_state(self._init, rng)
+        state = jax.jit(self._init)(rng)
+        variables, report = initialisation.apply(variables_of(state))
+        state = state.replace(
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=self.optimizer.init(variables["params"]),
+        )
+        return self.layout.place(state), report
 
     @property
     def step_rng(self):

@@ -109,7 +109,8 @@ class ResNet(Encoder):
         return specs
 
     @nn.compact
-    def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(self, x, train: bool = False, frozen_bn: bool = False) -> dict[str, jnp.ndarray]:
+        train = train and not frozen_bn  # batch norm is all that `train` changes here
         block, sizes, plan = self._layout()
         x = nn.relu(_conv_bn(x, 64, 7, 2, 1, train, "stem"))
         features = {"stem": x}

@@ -26,7 +26,8 @@ class UNetEncoder(Encoder):
         }
 
     @nn.compact
-    def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(self, x, train: bool = False, frozen_bn: bool = False) -> dict[str, jnp.ndarray]:
+        train = train and not frozen_bn  # batch norm is all that `train` changes here
         features = {}
         for level in range(self.depth + 1):
             if level:

@@ -40,7 +40,8 @@ class VGG16(Encoder):
         return specs
 
     @nn.compact
-    def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(self, x, train: bool = False, frozen_bn: bool = False) -> dict[str, jnp.ndarray]:
+        del frozen_bn  # no batch norm; `train` switches dropout
         features = {}
         for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
             for index in range(1, convs + 1):

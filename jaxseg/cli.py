@@ -1,0 +1,94 @@
+"""What the command-line tools share: joining a multi-process run, logging, and how errors
+reach the user.
+
+jaxseg's own errors (JaxsegError: config, data, checkpoint, run, weights,
+input) print as their message alone under a one-line heading and exit with
+status 2; set JAXSEG_TRACEBACK=1 to see their traceback too. Any other
+exception keeps its traceback (exit 1).
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+
+from jaxseg.errors import ConfigError, JaxsegError
+
+EXIT_ERROR = 2  # a jaxseg error: the message says what is wrong
+EXIT_PARTIAL = 3  # some inputs failed, the others were processed (predict.py)
+
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with the cluster's auto-detection."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-process run when asked to; CPU processes talk through gloo."""
+    if _COORDINATOR.value or _NUM_PROCESSES.value:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()
+
+
+def quiet_libraries() -> None:
+    """orbax and tfds log every file at INFO; keep warnings unless --verbosity is given."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def report_error(error: JaxsegError) -> None:
+    """Prints a jaxseg error as its heading and message (and its traceback if asked)."""
+    if os.environ.get("JAXSEG_TRACEBACK"):
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"jaxseg {error.heading}:\n{error}", file=sys.stderr)
+
+
+def check_config_overrides(argv: list[str], default_config: str, flag: str = "config") -> None:
+    """Raises ConfigError for a `--config.a.b=...` that names no key of the config file, with
+    the keys allowed there (absl would fail with a bare AttributeError)."""
+    from jaxseg.config import load_config_file
+
+    spec = default_config
+    overrides = []
+    for arg in argv[1:]:
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == flag and value:
+            spec = value
+        elif name.startswith(f"{flag}."):
+            overrides.append(name[len(flag) + 1 :])
+    if not overrides:
+        return
+    config = load_config_file(spec)
+    for key in overrides:
+        node, path = config, []
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                allowed = sorted(node.keys()) if hasattr(node, "keys") else []
+                where = ".".join(path) or "the config"
+                raise ConfigError(
+                    f"unknown option --{flag}.{key}: {where} has no key {part!r};"
+                    f" allowed keys there: {allowed}"
+                )
+            node, path = node[part], path + [part]
+
+
+def run(main, default_config: str | None = None) -> None:
+    """absl.app.run(main) with jaxseg's error reporting (exit status 2 for JaxsegError)."""
+    try:
+        if default_config is not None:
+            check_config_overrides(sys.argv, default_config)
+        app.run(main)
+    except JaxsegError as error:
+        report_error(error)
+        sys.exit(EXIT_ERROR)
