@@ -29,16 +29,13 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from jaxseg.data.images import DatasetError, intensity_range_of, read_image
 from jaxseg.data.info import SegmentationInfo, class_statistics
 from jaxseg.data.weights import unet_weight_map
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_FORMATS = ("index", "binary", "colour")
 ON_ERROR = ("raise", "skip")
-
-
-class DatasetError(ValueError):
-    """A file of a dataset cannot be used; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +81,8 @@ def read_class_table(path: str, ignore_label: int | None = None) -> ClassTable:
     return ClassTable(names, colours, ignore_colour)
 
 
-def _read_image(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+def _read_image(path: str, intensity_range=None) -> np.ndarray:
+    return read_image(path, intensity_range)
 
 
 def _read_raw_mask(path: str) -> np.ndarray:
@@ -181,17 +173,23 @@ class Example:
 class FolderSource(Sequence):
     """Random-access source over checked (image, mask[, instances]) files; picklable."""
 
-    def __init__(self, examples, decoder: MaskDecoder, weight_map: dict | None = None):
+    def __init__(
+        self, examples, decoder: MaskDecoder, weight_map: dict | None = None, intensity_range=None
+    ):
         self.examples = list(examples)
         self.decoder = decoder
         self.weight_map = weight_map  # unet_weight_map arguments, or None
+        self.intensity_range = intensity_range  # of high-bit-depth images (SegmentationInfo)
 
     def __len__(self):
         return len(self.examples)
 
     def __getitem__(self, index):
         example = self.examples[index]
-        record = {"image": _read_image(example.image), "mask": self.decoder(example.mask)}
+        record = {
+            "image": _read_image(example.image, self.intensity_range),
+            "mask": self.decoder(example.mask),
+        }
         if self.weight_map is not None:
             instances = _read_raw_mask(example.instances)
             record["weight"] = unet_weight_map(record["mask"], instances, **self.weight_map)
@@ -223,19 +221,13 @@ def _read_split_ids(path: str) -> list[str]:
 
 def _check_pair(example: Example, decoder: MaskDecoder):
     """Reads an example fully; returns its decoded mask or raises DatasetError."""
-    try:
-        with Image.open(example.image) as image:
-            image_size = image.size
-            image.load()  # decodes: a truncated or corrupt file fails here
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(
-            f"{example.image}: cannot read the image ({type(e).__name__}: {e})"
-        ) from e
+    # Any range: only decoding and the size are checked here (and no warning per image).
+    image_size = read_image(example.image, intensity_range=(0.0, 1.0)).shape[:2]
     mask = decoder(example.mask)
-    if mask.shape != image_size[::-1]:
+    if mask.shape != image_size:
         raise DatasetError(
             f"{example.mask}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image"
-            f" {example.image} is {image_size[1]}x{image_size[0]}"
+            f" {example.image} is {image_size[0]}x{image_size[1]}"
         )
     if example.instances is not None:
         instances = _read_raw_mask(example.instances)
@@ -312,12 +304,15 @@ def load_folder(
             train_masks = masks
 
     frequencies, presence = class_statistics(train_masks, len(table.names), ignore_label)
+    # One range for every split, so that all images are scaled alike (None: all 8-bit).
+    intensity_range = intensity_range_of(e.image for good in checked.values() for e in good)
     info = SegmentationInfo(
         class_names=table.names,
         ignore_label=ignore_label,
         palette=table.colours or default_palette(len(table.names)),
         class_frequencies=frequencies,
         presence_frequencies=presence,
+        intensity_range=intensity_range,
     )
     weight_map = None
     if instances_dir:
@@ -327,7 +322,11 @@ def load_folder(
             "sigma": weight_map_sigma,
             "ignore_label": ignore_label,
         }
-    return {split: FolderSource(good, decoder, weight_map) for split, good in checked.items()}, info
+    sources = {
+        split: FolderSource(good, decoder, weight_map, intensity_range)
+        for split, good in checked.items()
+    }
+    return sources, info
 
 
 def _list_split(root, subdir, split, images_dir, masks_dir, split_dir, instances_dir):

@@ -24,6 +24,8 @@ class SegmentationInfo:
         the images in which it occurs (for median-frequency weights).
       image_mean, image_std: per-channel statistics (0-255 scale) that
         `normalize` standardises images with.
+      intensity_range: (low, high) that 16-bit/float images are scaled to 0..255 by
+        (`jaxseg.data.images.read_image`), one for the whole dataset; None if all 8-bit.
     """
 
     class_names: tuple[str, ...]
@@ -33,6 +35,7 @@ class SegmentationInfo:
     presence_frequencies: tuple[float, ...] | None = None
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
+    intensity_range: tuple[float, float] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,442 @@
+"""Prediction of images of any size with one compiled tile shape: sliding windows, blended.
+
+`Predictor(model, variables, info, tile=(512, 512))` compiles the network once
+for its tile shape (uint8 tiles in, normalisation, logits and softmax inside)
+and predicts every image size with it:
+
+- Tiles lie on a grid whose step is a multiple of the model's period (its
+  `input_multiple`, the output stride), so each tile sees the pooling grid the
+  whole image would: a fully convolutional model predicts in each tile what it
+  predicts on the whole image, except near the tile's edges. The image is
+  mirrored beyond its bottom/right border up to the last tile, which is moved
+  back to the first grid position that covers the image (no tile lies wholly
+  outside), so the tiles end where the whole image's padding does. Images
+  smaller than the tile are mirrored up to it (near their bottom/right border
+  the prediction then differs from the whole-image one, padded less).
+- Models with `input_padding` (the original U-Net) are tiled as in the paper's
+  Fig. 2 (overlap-tile): output tiles lie on the image grid and each is fed the
+  input tile around it, real context where the image has it and mirrored
+  context beyond its border. Their outputs agree wherever they overlap, so
+  they need no blending; their default overlap is 0 (consecutive output tiles
+  then overlap by the output side modulo the period, 4 pixels at depth 4,
+  which keeps every tile on the whole image's pooling grid).
+- Overlapping tiles are blended by weight windows (`jaxseg.inference.blend`).
+  What is blended is class probabilities, the softmax of each tile's logits,
+  not logits: one rule for tiles, flips and scales, and a tile's overconfident
+  edge cannot outweigh its neighbour by the size of its logits.
+- The last batch of tiles is padded to the batch size, so no batch recompiles.
+
+Memory: the image is processed in bands of tile rows. Accumulated
+probabilities are held only for the rows that tiles still to come touch, at
+most (ceil((batch_size - 1) / tiles_per_row) * step + tile height) rows of
+float32 (width x classes); finished rows are written to the mask and, when
+asked, to a caller's probability array (a float16 `np.lib.format.open_memmap`
+for images whose probabilities do not fit in memory). Beyond the model's own
+memory for one batch, what is held grows with the image width, not its area
+(the uint8 input image and output mask aside).
+
+Test-time augmentation: `flip` averages each tile's probabilities with those
+of its horizontal mirror (the batch the network sees doubles). `scales`
+predicts the image resized (bilinear, half-pixel centres, no antialiasing) by
+each factor, tiled as above, resizes each one's probabilities back and
+averages them. Scales stream too: each scale runs its own band, pulled in step
+with the full-resolution rows being written, so memory is the sum of one band
+per scale (a 1.25 scale's band is 1.25 times as wide); the resized image is
+never formed, its tiles are interpolated from the original.
+
+`tile=None` predicts the whole image at once (padded to the model's
+`input_multiple` by mirroring at the bottom/right, or as its `input_padding`
+asks); that compiles once per image size and holds the whole image's
+probabilities, and is the way to apply a `position_dependent` model.
+"""
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg.data.info import SegmentationInfo
+from jaxseg.errors import ModelInputError
+from jaxseg.inference.blend import BLENDS, window
+from jaxseg.inference.resample import ResizedRows, TileSampler, reflect
+from jaxseg.models.base import SegmentationModel
+from jaxseg.models.layers import nearest_valid
+
+OUTPUT_CHUNK_ROWS = 64  # full-resolution rows assembled, argmaxed and written at a time
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisTiles:
+    """Where the tiles of one image lie along one axis (rows or columns)."""
+
+    size: int  # the image side
+    input_tile: int  # the network's input side
+    output_tile: int  # the side of the prediction it gives
+    context: int  # input pixels before an output tile's first pixel
+    starts: tuple[int, ...]  # first image pixel of each output tile (< 0: in the mirrored border)
+    overlap: int  # nominal overlap of consecutive output tiles (output_tile - step)
+
+    def input_indices(self, index: int) -> np.ndarray:
+        """Image pixels (mirrored into the image) of tile `index`'s input."""
+        first = self.starts[index] - self.context
+        return reflect(np.arange(first, first + self.input_tile), self.size)
+
+    def weights(self, index: int, blend: str) -> np.ndarray:
+        inner_start = index > 0
+        inner_end = index < len(self.starts) - 1
+        return window(blend, self.output_tile, self.overlap, inner_start, inner_end)
+
+
+def tile_starts(size: int, tile: int, step: int, origin: int, period: int) -> tuple[int, ...]:
+    """Output tile starts origin, origin + step, ...; the last moved back to the first start
+    that is origin modulo `period` and ends at or past `size`."""
+    starts = [origin]
+    while starts[-1] + tile < size:
+        following = starts[-1] + step
+        if following + tile >= size:
+            following = origin + math.ceil((size - tile - origin) / period) * period
+        starts.append(following)
+    return tuple(starts)
+
+
+def _smallest_output(model: SegmentationModel, side: int) -> int:
+    """The smallest output side >= `side` of a model with input padding."""
+    _, label_pads = model.input_padding(side, side)
+    return side + sum(label_pads[0])
+
+
+def _grid_period(model: SegmentationModel) -> int:
+    """The shift that leaves the model's computation unchanged: its `input_multiple`, or, for a
+    model with `input_padding` (any input size), the spacing of its valid output sizes (the
+    original U-Net's 2**depth, its pooling period)."""
+    if model.input_padding(1, 1) is None:
+        return model.input_multiple()
+    outputs = [_smallest_output(model, 1)]
+    for _ in range(2):
+        outputs.append(_smallest_output(model, outputs[-1] + 1))
+    return math.gcd(outputs[1] - outputs[0], outputs[2] - outputs[1])
+
+
+class Predictor:
+    """Predicts class probabilities and masks of uint8 RGB images of any size, tile by tile.
+
+    Attributes:
+      num_classes: C, the channels of the probabilities.
+      tile: (height, width) of the network's input tile, or None (whole images).
+      step: (rows, columns) between tiles, multiples of the model's period.
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        variables,
+        info: SegmentationInfo,
+        *,
+        tile: tuple[int, int] | None = (512, 512),
+        overlap: float | None = None,
+        batch_size: int = 8,
+        blend: str = "linear",
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+    ):
+        """Checks the options against the model and builds the network function.
+
+        Args:
+          model: a SegmentationModel (see jaxseg.models.base); applied with train=False.
+          variables: its variables ({"params": ..., "batch_stats": ...}); an argument of
+            the compiled function, not a constant in it.
+          info: the dataset's metadata: `normalize` is applied to the uint8 tiles inside
+            the compiled function, `num_classes` is checked against the model's output.
+          tile: the network's input (height, width): multiples of the model's
+            `input_multiple`, or, for a model with `input_padding`, valid input sizes.
+            None: whole images, one compilation per image size.
+          overlap: fraction of a tile (its output) that consecutive tiles share; the step
+            is rounded down to the model's period, so the overlap can be a little larger.
+            None: 0.25, or 0 for models with `input_padding` (overlap-tile needs none).
+          batch_size: tiles per network call (the last batch is padded to it).
+          blend: "linear" or "gaussian" weight window (jaxseg.inference.blend).
+          flip: average with the horizontally mirrored prediction.
+          scales: resize factors of multi-scale prediction, averaged; (1.0,) is none.
+
+        Raises:
+          ModelInputError (a ValueError) for a tile the model cannot take, naming the
+          nearest valid sizes, or a tile for a position-dependent model.
+        """
+        if blend not in BLENDS:
+            raise ValueError(f"blend {blend!r} is not one of {BLENDS}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        scales = tuple(float(s) for s in scales)
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"scales must be positive factors, got {scales}")
+        padded = model.input_padding(1, 1) is not None
+        overlap = (0.0 if padded else 0.25) if overlap is None else float(overlap)
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
+        self.model, self.info = model, info
+        self.num_classes = info.num_classes
+        self.blend, self.flip, self.scales, self.overlap = blend, flip, scales, overlap
+        self.batch_size = batch_size
+        self._padded = padded
+        self._multiple = model.input_multiple()
+        self._period = _grid_period(model)
+        self._variables = jax.device_put(variables)
+        self._network = jax.jit(self._apply)
+        self.tile, self.step, self._axes = None, None, None
+        if tile is not None:
+            if model.position_dependent():
+                raise ModelInputError(
+                    f"{type(model).__name__} is position dependent (a pixel's prediction"
+                    " depends on where it lies in the input, e.g. Hypercolumn with"
+                    " location_grid > 1), so it cannot be applied tile by tile; use tile=None"
+                    " (whole images)"
+                )
+            axes = [self._tile_axis(side, size) for side, size in zip(("height", "width"), tile)]
+            self._axes = axes  # (input, output, context, step) per axis
+            self.tile = tuple(int(s) for s in tile)
+            self.step = (axes[0][3], axes[1][3])
+            self._check_output(self.tile, (axes[0][1], axes[1][1]))
+
+    def _tile_axis(self, side: str, size: int) -> tuple[int, int, int, int]:
+        """(input, output, context, step) of a tile side; ModelInputError if the model cannot."""
+        period = self._period
+
+        def step_of(output):
+            return (int((1 - self.overlap) * output) // period) * period
+
+        if not self._padded:
+            multiple = self._multiple
+
+            def valid(s):
+                return s > 0 and s % multiple == 0 and step_of(s) >= period
+
+            if not valid(size):
+                raise ModelInputError(
+                    f"tile {side} {size}: tile sides must be positive multiples of the model's"
+                    f" input multiple {multiple} (its output stride) whose step with overlap"
+                    f" {self.overlap} is at least {period}; nearest valid tile sides:"
+                    f" {nearest_valid(size, valid)}"
+                )
+            return size, size, 0, step_of(size)
+        # Valid inputs are the smallest one plus multiples of the period; for a valid output
+        # the model asks for image padding alone, whose first side is the context.
+        tiles, output = {}, _smallest_output(self.model, 1)
+        while len(tiles) < 2 or max(tiles) <= size or step_of(tiles[max(tiles)][0]) < period:
+            (top, bottom), _ = self.model.input_padding(output, output)[0]
+            tiles[output + top + bottom] = (output, top)
+            output += period
+
+        def valid(s):
+            return s in tiles and step_of(tiles[s][0]) >= period
+
+        if not valid(size):
+            first, second = sorted(tiles)[:2]
+            raise ModelInputError(
+                f"tile {side} {size}: {type(self.model).__name__} with input padding takes"
+                f" inputs {first}, {second}, ... (outputs {tiles[first][0]},"
+                f" {tiles[second][0]}, ...), and with overlap {self.overlap} a tile's output"
+                f" must step by at least the period {period}; nearest valid tile sides:"
+                f" {nearest_valid(size, valid, limit=max(tiles))}"
+            )
+        output, context = tiles[size]
+        return size, output, context, step_of(output)
+
+    def _check_output(self, input_shape, output_shape) -> None:
+        channels = len(self.info.image_mean)
+        shape = jax.ShapeDtypeStruct((1, *input_shape, channels), jnp.float32)
+        try:
+            out = jax.eval_shape(
+                lambda v, x: self.model.apply(v, x, train=False), self._variables, shape
+            )
+        except ValueError as e:
+            raise ModelInputError(f"tile {input_shape}: the model cannot take it: {e}") from e
+        if out.shape[1:] != (*output_shape, self.num_classes):
+            raise ModelInputError(
+                f"a {input_shape} input gives a {out.shape[1:]} output; expected"
+                f" {(*output_shape, self.num_classes)} ({self.num_classes} classes of the dataset)"
+            )
+
+    def _apply(self, variables, tiles, row_weights, col_weights):
+        """uint8 tiles (B, h, w, 3) -> their class probabilities times their blend weights."""
+        images = self.info.normalize(tiles)
+        if self.flip:
+            images = jnp.concatenate([images, images[:, :, ::-1]])
+        logits = self.model.apply(variables, images, train=False)
+        probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if self.flip:
+            count = tiles.shape[0]
+            probabilities = 0.5 * (probabilities[:count] + probabilities[count:, :, ::-1])
+        weights = row_weights[:, :, None, None] * col_weights[:, None, :, None]
+        return probabilities * weights
+
+    def _layout(self, height: int, width: int) -> tuple[AxisTiles, AxisTiles]:
+        """The tiles of a (height x width) image along its rows and its columns."""
+        pads = self.model.input_padding(height, width) if self._padded else None
+        axes = []
+        for axis, size in enumerate((height, width)):
+            (image_before, image_after), (label_before, label_after) = (
+                (pads[0][axis], pads[1][axis]) if pads else ((0, 0), (0, 0))
+            )
+            if self._axes is None:  # the whole image, as one tile
+                output = size + label_before + label_after
+                if not pads:
+                    output = -(-size // self._multiple) * self._multiple
+                    image_after = output - size
+                axes.append(
+                    AxisTiles(
+                        size,
+                        size + image_before + image_after,
+                        output,
+                        image_before - label_before,
+                        (-label_before,),
+                        0,
+                    )
+                )
+                continue
+            input_tile, output, context, step = self._axes[axis]
+            starts = tile_starts(size, output, step, -label_before, self._period)
+            axes.append(AxisTiles(size, input_tile, output, context, starts, output - step))
+        return axes[0], axes[1]
+
+    def _band_rows(self, sampler: TileSampler) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 probabilities of the rows) of the sampled image, top to bottom."""
+        rows, cols = self._layout(sampler.height, sampler.width)
+        tiles = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
+        batch_size = self.batch_size if self._axes is not None else 1
+        batches = [tiles[k : k + batch_size] for k in range(0, len(tiles), batch_size)]
+        row_weights = [rows.weights(i, self.blend) for i in range(len(rows.starts))]
+        col_weights = [cols.weights(j, self.blend) for j in range(len(cols.starts))]
+        capacity = _band_capacity(rows, batches)
+        band = _Band(sampler.height, sampler.width, self.num_classes, capacity)
+        pending = None
+        for batch in batches + [None]:
+            if batch is not None:
+                inputs = np.zeros((batch_size, rows.input_tile, cols.input_tile, 3), np.uint8)
+                weights_in_rows = np.zeros((batch_size, rows.output_tile), np.float32)
+                weights_in_cols = np.zeros((batch_size, cols.output_tile), np.float32)
+                for slot, (i, j) in enumerate(batch):
+                    inputs[slot] = sampler(rows.input_indices(i), cols.input_indices(j))
+                    weights_in_rows[slot], weights_in_cols[slot] = row_weights[i], col_weights[j]
+                # Dispatched before the previous batch is read back: the host prepares and
+                # accumulates while the device computes.
+                outputs = self._network(self._variables, inputs, weights_in_rows, weights_in_cols)
+            if pending is not None:
+                done_batch, done_outputs = pending
+                done_outputs = np.asarray(done_outputs)
+                expected = (batch_size, rows.output_tile, cols.output_tile, self.num_classes)
+                if done_outputs.shape != expected:
+                    raise ModelInputError(
+                        f"{type(self.model).__name__} gives {done_outputs.shape[1:]} for"
+                        f" {(rows.input_tile, cols.input_tile)} inputs; expected {expected[1:]}"
+                        f" (its input_multiple/input_padding and {self.num_classes} classes)"
+                    )
+                for slot, (i, j) in enumerate(done_batch):
+                    weight = np.multiply.outer(row_weights[i], col_weights[j])
+                    band.add(rows.starts[i], cols.starts[j], done_outputs[slot], weight)
+                finished = rows.starts[batch[0][0]] if batch is not None else sampler.height
+                if (chunk := band.finish(finished)) is not None:
+                    yield chunk
+            pending = (batch, outputs) if batch is not None else None
+
+    def predict(self, image: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
+        """The class of every pixel; optionally its class probabilities.
+
+        Args:
+          image: (H, W, 3) uint8, e.g. from jaxseg.data.images.read_image.
+          probabilities: an (H, W, num_classes) float array (float16 suffices; a memory-mapped
+            .npy from np.lib.format.open_memmap for large images) that receives the
+            probabilities, row band by row band; None: not kept.
+
+        Returns:
+          (H, W) argmax of the averaged probabilities: uint8 when num_classes <= 256, else
+          int32.
+        """
+        image = np.asarray(image)
+        channels = len(self.info.image_mean)
+        if image.ndim != 3 or image.shape[-1] != channels or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected a uint8 (H, W, {channels}) image, got {image.dtype} {image.shape}"
+                " (jaxseg.data.images.read_image reads any file as one)"
+            )
+        height, width = image.shape[:2]
+        shape = (height, width, self.num_classes)
+        if probabilities is not None and probabilities.shape != shape:
+            raise ValueError(f"probabilities must have shape {shape}, got {probabilities.shape}")
+        mask = np.empty((height, width), np.uint8 if self.num_classes <= 256 else np.int32)
+        for start, rows in self._rows(image):
+            stop = start + len(rows)
+            mask[start:stop] = rows.argmax(axis=-1)
+            if probabilities is not None:
+                probabilities[start:stop] = rows
+        return mask
+
+    def _rows(self, image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 probabilities of the rows) of `image`, averaged over scales."""
+        height, width = image.shape[:2]
+        if self.scales == (1.0,):
+            yield from self._band_rows(TileSampler(image, height, width))
+            return
+        streams = []
+        for scale in self.scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            sampler = TileSampler(image, *size)
+            streams.append(ResizedRows(self._band_rows(sampler), *size, height, width))
+        for start in range(0, height, OUTPUT_CHUNK_ROWS):
+            stop = min(start + OUTPUT_CHUNK_ROWS, height)
+            rows = streams[0].rows(start, stop)  # a new array, added to in place
+            for stream in streams[1:]:
+                rows += stream.rows(start, stop)
+            rows /= len(streams)
+            yield start, rows
+
+
+def _band_capacity(rows: AxisTiles, batches) -> int:
+    """The most image rows that tiles accumulated but not yet finished span at once."""
+    most = 0
+    for batch in batches:
+        top = max(rows.starts[batch[0][0]], 0)
+        bottom = min(rows.starts[batch[-1][0]] + rows.output_tile, rows.size)
+        most = max(most, bottom - top)
+    return most
+
+
+class _Band:
+    """Weighted probability sums of the image rows that tiles still touch."""
+
+    def __init__(self, height: int, width: int, num_classes: int, capacity: int):
+        self.height, self.width = height, width
+        self.sums = np.zeros((capacity, width, num_classes), np.float32)
+        self.weights = np.zeros((capacity, width), np.float32)
+        self.top = 0  # the image row of sums[0]
+
+    def add(self, row: int, col: int, weighted: np.ndarray, weight: np.ndarray) -> None:
+        """Adds a tile's weighted probabilities whose first pixel is image pixel (row, col)."""
+        first_row, last_row = max(row, 0), min(row + weighted.shape[0], self.height)
+        first_col, last_col = max(col, 0), min(col + weighted.shape[1], self.width)
+        tile_rows = slice(first_row - row, last_row - row)
+        tile_cols = slice(first_col - col, last_col - col)
+        band_rows = slice(first_row - self.top, last_row - self.top)
+        self.sums[band_rows, first_col:last_col] += weighted[tile_rows, tile_cols]
+        self.weights[band_rows, first_col:last_col] += weight[tile_rows, tile_cols]
+
+    def finish(self, until: int) -> tuple[int, np.ndarray] | None:
+        """(first row, probabilities) of rows [top, until), which no later tile touches."""
+        count = min(until, self.height) - self.top
+        if count <= 0:
+            return None
+        capacity = len(self.sums)
+        assert count <= capacity, (count, capacity)
+        probabilities = self.sums[:count] / self.weights[:count, :, None]
+        # Moved up block by block: blocks `count` rows apart never overlap, so numpy needs no
+        # temporary copy of the band.
+        for start in range(0, capacity - count, count):
+            stop = min(start + count, capacity - count)
+            self.sums[start:stop] = self.sums[start + count : stop + count]
+            self.weights[start:stop] = self.weights[start + count : stop + count]
+        self.sums[capacity - count :] = 0
+        self.weights[capacity - count :] = 0
+        first, self.top = self.top, self.top + count
+        return first, probabilities
