@@ -65,8 +65,8 @@ def test_pictures_exist_and_the_grid_shows_the_models_argmax(run_dir):
     for row, (image_at, label_at, prediction_at) in enumerate(layout["panels"]):
         for (top, left), expected in (
             (image_at, images[row]),
-            (label_at, figures.colourize(labels[row], run.info.palette, 255)),
-            (prediction_at, figures.colourize(predictions[row], run.info.palette, 255)),
+            (label_at, run.info.colourize(labels[row])),
+            (prediction_at, run.info.colourize(predictions[row])),
         ):
             height, width = expected.shape[:2]
             panel = written[top : top + height * scale : scale, left : left + width * scale : scale]

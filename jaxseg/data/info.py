@@ -8,6 +8,7 @@ import numpy as np
 # ImageNet statistics (0-255 scale), the convention of the pretrained encoders.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+IGNORE_COLOUR = (128, 128, 128)  # how pictures show pixels with the ignore label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,16 @@ class SegmentationInfo:
         mean = jnp.asarray(self.image_mean, jnp.float32)
         std = jnp.asarray(self.image_std, jnp.float32)
         return (jnp.asarray(images).astype(jnp.float32) - mean) / std
+
+    def colourize(self, mask) -> np.ndarray:
+        """(H, W) class indices -> (H, W, 3) uint8 palette colours; the ignore label (and any
+        value that is no class) grey."""
+        mask = np.asarray(mask)
+        palette = np.asarray(self.palette, np.uint8)
+        valid = (mask >= 0) & (mask < len(palette)) & (mask != self.ignore_label)
+        colours = palette[np.where(valid, mask, 0)]
+        colours[~valid] = IGNORE_COLOUR
+        return colours
 
     def to_dict(self) -> dict:
         """A JSON-able dict; `from_dict` reads it back."""

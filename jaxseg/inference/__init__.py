@@ -1,5 +1,6 @@
-"""Applying a trained model to images of any size: tiled prediction, blending, TTA."""
+"""Applying a trained model to images of any size: tiled prediction, blending, TTA, export."""
 
-from jaxseg.inference.tiling import Predictor
+from jaxseg.inference.network import probability_network
+from jaxseg.inference.tiling import Predictor, default_tile
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "default_tile", "probability_network"]

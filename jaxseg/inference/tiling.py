@@ -5,7 +5,7 @@ for its tile shape (uint8 tiles in, normalisation, logits and softmax inside)
 and predicts every image size with it:
 
 - Tiles lie on a grid whose step is a multiple of the model's period (its
-  `input_multiple`, the output stride), so each tile sees the pooling grid the
+  `tile_period`: its pooling grid), so each tile sees the pooling grid the
   whole image would: a fully convolutional model predicts in each tile what it
   predicts on the whole image, except near the tile's edges. The image is
   mirrored beyond its bottom/right border up to the last tile, which is moved
@@ -61,6 +61,7 @@ import numpy as np
 from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import ModelInputError
 from jaxseg.inference.blend import BLENDS, window
+from jaxseg.inference.network import probability_network
 from jaxseg.inference.resample import ResizedRows, TileSampler, reflect
 from jaxseg.models.base import SegmentationModel
 from jaxseg.models.layers import nearest_valid
@@ -108,16 +109,18 @@ def _smallest_output(model: SegmentationModel, side: int) -> int:
     return side + sum(label_pads[0])
 
 
-def _grid_period(model: SegmentationModel) -> int:
-    """The shift that leaves the model's computation unchanged: its `input_multiple`, or, for a
-    model with `input_padding` (any input size), the spacing of its valid output sizes (the
-    original U-Net's 2**depth, its pooling period)."""
-    if model.input_padding(1, 1) is None:
-        return model.input_multiple()
-    outputs = [_smallest_output(model, 1)]
-    for _ in range(2):
-        outputs.append(_smallest_output(model, outputs[-1] + 1))
-    return math.gcd(outputs[1] - outputs[0], outputs[2] - outputs[1])
+def default_tile(model: SegmentationModel, side: int = 512) -> tuple[int, int] | None:
+    """A square tile of about `side` the model takes; None for a position-dependent model
+    (which cannot be tiled)."""
+    if model.position_dependent():
+        return None
+    pads = model.input_padding(side, side)
+    if pads is not None:  # the input tile whose output covers `side`
+        side += sum(pads[0][0])
+    else:
+        multiple = model.input_multiple()
+        side = -(-side // multiple) * multiple
+    return side, side
 
 
 class Predictor:
@@ -135,6 +138,7 @@ class Predictor:
         variables,
         info: SegmentationInfo,
         *,
+        network=None,
         tile: tuple[int, int] | None = (512, 512),
         overlap: float | None = None,
         batch_size: int = 8,
@@ -145,9 +149,14 @@ class Predictor:
         """Checks the options against the model and builds the network function.
 
         Args:
-          model: a SegmentationModel (see jaxseg.models.base); applied with train=False.
+          model: a SegmentationModel (see jaxseg.models.base), or anything with its input
+            contract (`input_multiple`, `input_padding`, `position_dependent`), such as an
+            exported model (jaxseg.inference.export).
           variables: its variables ({"params": ..., "batch_stats": ...}); an argument of
             the compiled function, not a constant in it.
+          network: `network(variables, uint8 images) -> class probabilities`, the model's
+            output for inputs it takes; default: the model itself
+            (jaxseg.inference.network.probability_network).
           info: the dataset's metadata: `normalize` is applied to the uint8 tiles inside
             the compiled function, `num_classes` is checked against the model's output.
           tile: the network's input (height, width): multiples of the model's
@@ -177,12 +186,13 @@ class Predictor:
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
         self.model, self.info = model, info
+        self._probabilities = network or probability_network(model, info)
         self.num_classes = info.num_classes
         self.blend, self.flip, self.scales, self.overlap = blend, flip, scales, overlap
         self.batch_size = batch_size
         self._padded = padded
         self._multiple = model.input_multiple()
-        self._period = _grid_period(model)
+        self._period = model.tile_period()
         self._variables = jax.device_put(variables)
         self._network = jax.jit(self._apply)
         self.tile, self.step, self._axes = None, None, None
@@ -246,11 +256,9 @@ class Predictor:
 
     def _check_output(self, input_shape, output_shape) -> None:
         channels = len(self.info.image_mean)
-        shape = jax.ShapeDtypeStruct((1, *input_shape, channels), jnp.float32)
+        shape = jax.ShapeDtypeStruct((1, *input_shape, channels), jnp.uint8)
         try:
-            out = jax.eval_shape(
-                lambda v, x: self.model.apply(v, x, train=False), self._variables, shape
-            )
+            out = jax.eval_shape(self._probabilities, self._variables, shape)
         except ValueError as e:
             raise ModelInputError(f"tile {input_shape}: the model cannot take it: {e}") from e
         if out.shape[1:] != (*output_shape, self.num_classes):
@@ -261,13 +269,11 @@ class Predictor:
 
     def _apply(self, variables, tiles, row_weights, col_weights):
         """uint8 tiles (B, h, w, 3) -> their class probabilities times their blend weights."""
-        images = self.info.normalize(tiles)
+        count = tiles.shape[0]
         if self.flip:
-            images = jnp.concatenate([images, images[:, :, ::-1]])
-        logits = self.model.apply(variables, images, train=False)
-        probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+            tiles = jnp.concatenate([tiles, tiles[:, :, ::-1]])
+        probabilities = self._probabilities(variables, tiles)
         if self.flip:
-            count = tiles.shape[0]
             probabilities = 0.5 * (probabilities[:count] + probabilities[count:, :, ::-1])
         weights = row_weights[:, :, None, None] * col_weights[:, None, :, None]
         return probabilities * weights

@@ -11,7 +11,9 @@ Models. A segmentation model states what input it takes, so that the input
 pipeline, evaluation and tiled inference ask the model instead of testing
 for a class: `input_multiple` (input sides must be multiples of it),
 `input_padding` (how to pad an image so that the output covers it, for
-models whose output is smaller than their input: the original U-Net) and
+models whose output is smaller than their input: the original U-Net),
+`tile_period` (shifting the input by a multiple of it shifts the prediction
+by as much: tiles on that grid predict what the whole image would) and
 `position_dependent` (the prediction at a pixel depends on where the pixel
 lies in the input, so the model cannot be applied tile by tile).
 """
@@ -98,6 +100,10 @@ class SegmentationModel(nn.Module):
         """(image_pads, label_pads) that make the output cover a (height x width) image, for
         models whose output is smaller than their input; None when output = input."""
         return None
+
+    def tile_period(self) -> int:
+        """The input shift that leaves the computation unchanged (its pooling grid)."""
+        return self.input_multiple()
 
     def position_dependent(self) -> bool:
         """True if a pixel's prediction depends on its absolute position in the input."""

@@ -108,6 +108,9 @@ class FCN(SegmentationModel):
     def input_multiple(self) -> int:
         if self.alignment == "caffe":
             return 1  # the 100-pixel padding and the crops take any size
+        return self.tile_period()
+
+    def tile_period(self) -> int:
         encoder = self._encoder(detached=True)
         return encoder.feature_strides()[self._feature_names(encoder)[0]]
 

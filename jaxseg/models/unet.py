@@ -169,6 +169,9 @@ class UNet(SegmentationModel):
             return 1  # input_padding makes any image a valid tile
         return self._encoder(detached=True).max_stride()
 
+    def tile_period(self) -> int:
+        return 2**self.depth if self.padding == "VALID" else self.input_multiple()
+
     def input_padding(self, height: int, width: int) -> tuple[Pads, Pads] | None:
         if self.padding != "VALID":
             return None

@@ -16,17 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-IGNORE_COLOUR = (128, 128, 128)
+from jaxseg.data.info import IGNORE_COLOUR  # noqa: E402
+
 DPI = 100
-
-
-def colourize(mask: np.ndarray, palette, ignore_label: int) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colours; ignored (and unknown) pixels grey."""
-    palette = np.asarray(palette, np.uint8)
-    valid = (mask >= 0) & (mask < len(palette)) & (mask != ignore_label)
-    colours = palette[np.where(valid, mask, 0)]
-    colours[~valid] = IGNORE_COLOUR
-    return colours
 
 
 def _upscale(image: np.ndarray, factor: int) -> np.ndarray:
@@ -59,8 +51,8 @@ def prediction_grid(images, labels, predictions, info, title: str = "") -> tuple
         row_panels = []
         columns = (
             images[row],
-            colourize(labels[row], palette, info.ignore_label),
-            colourize(predictions[row], palette, info.ignore_label),
+            info.colourize(labels[row]),
+            info.colourize(predictions[row]),
         )
         for column, panel in enumerate(columns):
             left = margin_left + column * (panel_w + gap)

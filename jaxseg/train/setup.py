@@ -22,6 +22,7 @@ from jaxseg.data.info import SegmentationInfo
 from jaxseg.data.pipeline import LoaderConfig, batches, eval_dataset, train_dataset
 from jaxseg.data.transforms import AugmentConfig
 from jaxseg.errors import ConfigError, DataError, RunError
+from jaxseg.inference import network
 from jaxseg.models import SegmentationModel, get_model
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
@@ -252,10 +253,9 @@ def predict_probabilities(model: SegmentationModel, info: SegmentationInfo, vari
         crop = ((0, 0), (0, 0))
     mode = "reflect" if min(height, width) > max(p for side in image_pads for p in side) else "edge"
     padded = jnp.pad(images, ((0, 0), *image_pads, (0, 0)), mode=mode)
-    logits = model.apply(variables, info.normalize(padded), train=False)
+    probabilities = network.probabilities(model, info, variables, padded)
     top, left = crop[0][0], crop[1][0]
-    logits = logits[:, top : top + height, left : left + width]
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return probabilities[:, top : top + height, left : left + width]
 
 
 def load_run(workdir: str, step: int | None = None) -> TrainedRun:
