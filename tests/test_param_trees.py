@@ -28,29 +28,29 @@ def test_every_registered_model_is_pinned():
     assert set(model_names()) <= {case["model"] for case in TREES.values()}
 
 
+OS8 = {"encoder": "resnet18", "encoder_options": {"output_stride": 8}}
+
+
 @pytest.mark.parametrize(
-    "name, options, multiple, padded, position_dependent",
+    "name, options, multiple, period, padded, position_dependent",
     [
-        ("unet", {"base_features": 4}, 16, False, False),
-        ("unet", {"encoder": "resnet18"}, 32, False, False),
-        ("unet_original", {"base_features": 4}, 1, True, False),
-        ("fcn8s", {}, 32, False, False),
-        ("fcn8s", {"alignment": "caffe"}, 1, False, False),
-        (
-            "fcn8s",
-            {"encoder": "resnet18", "encoder_options": {"output_stride": 8}},
-            8,
-            False,
-            False,
-        ),
-        ("hypercolumn", {}, 32, False, False),
-        ("hypercolumn", {"location_grid": 2}, 32, False, True),
+        ("unet", {"base_features": 4}, 16, 16, False, False),
+        ("unet", {"encoder": "resnet18"}, 32, 32, False, False),
+        ("unet_original", {"base_features": 4}, 1, 16, True, False),
+        ("fcn8s", {}, 32, 32, False, False),
+        ("fcn8s", {"alignment": "caffe"}, 1, 32, False, False),
+        ("fcn8s", OS8, 8, 8, False, False),
+        ("hypercolumn", {}, 32, 32, False, False),
+        ("hypercolumn", {"location_grid": 2}, 32, 32, False, True),
     ],
 )
-def test_models_declare_their_input_needs(name, options, multiple, padded, position_dependent):
+def test_models_declare_their_input_needs(
+    name, options, multiple, period, padded, position_dependent
+):
     from jaxseg.models import get_model
 
     model = get_model(name, num_classes=3, **options)
     assert model.input_multiple() == multiple
+    assert model.tile_period() == period
     assert (model.input_padding(64, 70) is not None) == padded
     assert model.position_dependent() == position_dependent
