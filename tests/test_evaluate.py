@@ -173,3 +173,67 @@ def test_figures_render_other_sizes_and_many_classes():
     assert layout["scale"] == 4 and image.shape[1] > 3 * 160
     png = figures.confusion_heatmap(np.eye(30) * 10, info.class_names)
     assert Image.open(io.BytesIO(png)).size[0] >= 1000
+
+
+def test_image_by_image_evaluation_equals_the_batched_one(run_dir):
+    """The per-image path (for tiles and TTA) computes what the batched path does."""
+    from jaxseg.inference import Predictor
+    from jaxseg.train.evaluation import evaluate, evaluate_images
+
+    workdir, _ = run_dir
+    trained = load_run(workdir)
+    run = build_run(trained.config, parallelism="mesh")
+    batched, batched_confusion = evaluate(run, trained.variables, "validation")
+    predictor = Predictor(trained.model, trained.variables, trained.info, tile=None)
+    record, confusion, challenge = evaluate_images(run, predictor, "validation")
+    np.testing.assert_array_equal(confusion, batched_confusion)
+    assert record["loss"] == pytest.approx(batched["loss"], rel=1e-4)
+    assert challenge == {}
+
+
+def test_evaluate_cli_with_tiles_and_tta_names_its_settings(run_dir):
+    workdir, _ = run_dir
+    done = _evaluate_cli(
+        "--workdir", workdir, "--split", "validation", "--tile", "32,32", "--tta", "--scales=1,1.25"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval", "validation-6-tile32x32-flip-scales1_1.25.json")) as f:
+        evaluated = json.load(f)
+    assert evaluated["settings"] == {
+        "tile": [32, 32], "overlap": None, "flip": True, "scales": [1.0, 1.25]
+    }  # fmt: skip
+    assert 0 <= evaluated["miou"] <= 1
+
+
+def test_membrane_data_gets_the_isbi_challenge_scores(data_dir, tmp_path):
+    """A folder dataset of membrane/cell masks: evaluation adds V_Rand and V_Info."""
+    from jaxseg.config import data_config
+    from jaxseg.train.evaluation import evaluate_run
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / "em" / "images" / split).mkdir(parents=True)
+        (tmp_path / "em" / "masks" / split).mkdir(parents=True)
+        for index in range(4):
+            cells = np.ones((32, 32), np.uint8) * 255
+            cells[:, rng.integers(4, 28)] = 0  # a membrane across the slice
+            cells[rng.integers(4, 28), :] = 0
+            image = np.where(cells > 0, 200, 40).astype(np.uint8) + rng.integers(0, 30, (32, 32))
+            Image.fromarray(image.astype(np.uint8)).save(
+                tmp_path / "em" / "images" / split / f"{index}.png"
+            )
+            Image.fromarray(cells).save(tmp_path / "em" / "masks" / split / f"{index}.png")
+    config = tiny_config(data_dir, **{"train.num_steps": 2})
+    config.data.name = "folder"
+    config.data.options = data_config(
+        "folder", root=str(tmp_path / "em"), splits=("train", "val"), mask_format="binary",
+        class_names=("membrane", "cell"),
+    )  # fmt: skip
+    config.data.eval_split = "val"
+    config.data.batch_size = config.data.eval_batch_size = 4
+    train_and_evaluate(config, str(tmp_path / "run"))
+    result = evaluate_run(str(tmp_path / "run"))
+    scores = result["isbi2012"]
+    for key in ("v_rand", "v_info", "v_rand_split", "v_rand_merge"):
+        assert 0 <= scores[key] <= 1, key
+    assert 0 <= scores["v_rand_threshold"] < 1

@@ -1,6 +1,7 @@
 """Evaluation of a model on a split, and what it reports: metrics, a prediction grid, a
 confusion matrix. Used by the training loop and by evaluate.py alike."""
 
+import dataclasses
 import functools
 import os
 
@@ -9,6 +10,9 @@ import numpy as np
 
 from jaxseg.data.pipeline import to_example
 from jaxseg.data.transforms import pad_to_size
+from jaxseg.inference import Predictor
+from jaxseg.membrane_scores import isbi_scores
+from jaxseg.metrics import segmentation_metrics
 from jaxseg.train import figures
 from jaxseg.train.reporting import MetricSums, format_table, summarize
 from jaxseg.train.setup import Run, build_run, load_run, predict_probabilities
@@ -99,17 +103,90 @@ def write_curves(writer: RunWriter, eval_split: str, title: str) -> None:
         writer.picture("curves.png", figures.training_curves(records, eval_split, title))
 
 
-def evaluate_run(workdir: str, split: str | None = None, step: int | None = None) -> dict:
+MEMBRANE_CLASSES = ("membrane", "cell")  # datasets scored as the ISBI 2012 challenge does
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionSettings:
+    """How evaluate.py predicts: tiles, overlap, flip and multi-scale TTA (None: whole images,
+    one batched pass, as training evaluates)."""
+
+    tile: tuple[int, int] | None = None
+    overlap: float | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @property
+    def batched(self) -> bool:
+        return self == PredictionSettings()
+
+    def suffix(self) -> str:
+        """What the settings add to a result's file name, after the step."""
+        parts = []
+        if self.tile:
+            parts.append(f"tile{self.tile[0]}x{self.tile[1]}")
+            if self.overlap is not None:
+                parts.append(f"overlap{self.overlap:g}")
+        if self.flip:
+            parts.append("flip")
+        if self.scales != (1.0,):
+            parts.append("scales" + "_".join(f"{s:g}" for s in self.scales))
+        return "".join(f"-{p}" for p in parts)
+
+
+def evaluate_images(run: Run, predictor: Predictor, split: str) -> tuple[dict, np.ndarray, dict]:
+    """Evaluates image by image with `predictor` (tiles, TTA), each process a share of the
+    images. Returns (record, confusion, ISBI challenge scores for membrane data or {}).
+    The record's loss is the mean negative log probability of the true class."""
+    source = run.source(split)
+    count = min(len(source), run.config.data.eval_examples or len(source))
+    classes, ignore = run.info.num_classes, run.info.ignore_label
+    confusion = np.zeros(classes * classes, np.int64)
+    log_loss, labelled = 0.0, 0
+    cells, true_cells = [], []
+    for index in range(jax.process_index(), count, jax.process_count()):
+        example = to_example(source[index])
+        probabilities = np.empty((*example["mask"].shape, classes), np.float32)
+        predicted = predictor.predict(example["image"], probabilities).astype(np.int64)
+        labels = example["mask"].astype(np.int64)
+        valid = (labels != ignore) & (labels >= 0) & (labels < classes)
+        confusion += np.bincount(labels[valid] * classes + predicted[valid], minlength=classes**2)
+        log_loss -= float(np.log(np.maximum(probabilities[valid, labels[valid]], 1e-12)).sum())
+        labelled += int(valid.sum())
+        if run.info.class_names == MEMBRANE_CLASSES:
+            cells.append(probabilities[..., 1])
+            true_cells.append(labels == 1)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        totals = multihost_utils.process_allgather(np.array([log_loss, labelled], np.float64))
+        confusion = multihost_utils.process_allgather(confusion).sum(0)
+        log_loss, labelled = totals.sum(0)
+    confusion = confusion.reshape(classes, classes)
+    record = {"loss": log_loss / labelled if labelled else float("nan")}
+    record.update(segmentation_metrics(confusion))
+    challenge = isbi_scores(np.stack(cells), np.stack(true_cells)) if cells else {}
+    return record, confusion, challenge
+
+
+def evaluate_run(
+    workdir: str,
+    split: str | None = None,
+    step: int | None = None,
+    settings: PredictionSettings = PredictionSettings(),
+) -> dict:
     """evaluate.py: metrics of a run's checkpoint on a split of its dataset.
 
-    Prints the metrics table and writes RUN/eval/<split>-<step>.json, the
-    prediction grid and confusion matrix (RUN/images/), and RUN/curves.png.
-    Never trains, never writes a checkpoint.
+    Prints the metrics table and writes RUN/eval/<split>-<step><settings>.json,
+    the prediction grid and confusion matrix (RUN/images/), and RUN/curves.png.
+    Never trains, never writes a checkpoint. For membrane data (classes
+    "membrane", "cell") also the ISBI 2012 challenge's V_Rand and V_Info.
 
     Args:
       workdir: the run directory.
       split: default: the config's test split if it has one, else its eval split.
       step: default: the latest checkpoint.
+      settings: tiles and test-time augmentation (default: whole images, batched).
     """
     trained = load_run(workdir, step)
     config = trained.config
@@ -118,16 +195,43 @@ def evaluate_run(workdir: str, split: str | None = None, step: int | None = None
     run.source(split)
     replicated = jax.sharding.NamedSharding(run.layout.mesh, jax.sharding.PartitionSpec())
     variables = jax.device_put(trained.variables, replicated)
-    record, confusion = evaluate(run, variables, split)
+    challenge = {}
+    if settings.batched and run.info.class_names != MEMBRANE_CLASSES:
+        record, confusion = evaluate(run, variables, split)
+    else:
+        predictor = Predictor(
+            trained.model,
+            trained.variables,
+            trained.info,
+            tile=settings.tile,
+            overlap=settings.overlap,
+            flip=settings.flip,
+            scales=settings.scales,
+        )
+        record, confusion, challenge = evaluate_images(run, predictor, split)
+    suffix = settings.suffix()
     writer = RunWriter(trained.workdir, enabled=jax.process_index() == 0)
     writer.json(
-        f"eval/{split}-{trained.step}.json",
-        {"step": trained.step, "split": split, **record, "confusion": confusion.tolist()},
+        f"eval/{split}-{trained.step}{suffix}.json",
+        {
+            "step": trained.step,
+            "split": split,
+            "settings": dataclasses.asdict(settings),
+            **record,
+            **({"isbi2012": challenge} if challenge else {}),
+            "confusion": confusion.tolist(),
+        },
     )
-    report(writer, run, variables, split, trained.step, record, confusion, log=False)
+    report(writer, run, variables, split, trained.step, record, confusion, suffix, log=False)
     write_curves(writer, config.data.eval_split, os.path.basename(trained.workdir))
     writer.close()
     if writer.enabled:
-        print(f"{split} metrics at step {trained.step} ({trained.workdir}):")
+        print(f"{split} metrics at step {trained.step}{suffix} ({trained.workdir}):")
         print(format_table({split: record}, run.info.class_names))
-    return record
+        if challenge:
+            print(
+                f"ISBI 2012 scores: V_Rand {challenge['v_rand']:.4f} (threshold"
+                f" {challenge['v_rand_threshold']:g}), V_Info {challenge['v_info']:.4f}"
+                f" (threshold {challenge['v_info_threshold']:g})"
+            )
+    return {**record, **({"isbi2012": challenge} if challenge else {})}
