@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.models.conv_transpose import conv_transpose
+
 UPSAMPLE_KINDS = ("transposed", "resize")
 RESIZE_METHODS = ("bilinear", "nearest")
 
@@ -120,15 +122,9 @@ class TransposedConvUpsample(nn.Module):
             kernel = self.param("kernel", init, shape)
         else:
             kernel = init(None, shape)
-        # PyTorch's ConvTranspose2d padding p is lax's k - 1 - p on the dilated input.
-        pad = size - 1 - padding
-        x = jax.lax.conv_transpose(
-            x,
-            kernel.astype(x.dtype),
-            (self.factor, self.factor),
-            ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        # PyTorch's ConvTranspose2d padding p (lax's k - 1 - p on the dilated input); on CPU
+        # conv_transpose runs it as an exactly equal stride-1 conv + depth-to-space.
+        x = conv_transpose(x, kernel.astype(x.dtype), self.factor, padding)
         if self.use_bias:
             x = x + self.param("bias", nn.initializers.zeros, (features,))
         return x
