@@ -152,3 +152,34 @@ def test_staged_training_copies_what_matches_and_reports_it(data_dir, tmp_path, 
     config.train.num_steps = 3
     train_and_evaluate(config, str(second))
     assert "the checkpoint wins" in capsys.readouterr().out
+
+
+def test_pretraining_tool_writes_torchvision_weights_a_run_can_start_from(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    output = tmp_path / "resnet18_shapes.safetensors"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "pretrain_shapes_classifier.py"),
+            f"--output={output}",
+            "--steps=3",
+            "--batch_size=4",
+            "--image_size=32",
+            f"--data_dir={tmp_path / 'tfds'}",
+            "--num_train=32",
+            "--num_validation=8",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert 0 <= record["validation_accuracy"] <= 1 and record["steps"] == 3
+    loaded = pretrained.load_encoder_weights(str(output), "resnet18")
+    assert loaded.sha256 == record["sha256"]
+    assert loaded.variables["params"]["stem_conv"]["kernel"].shape == (7, 7, 3, 64)
