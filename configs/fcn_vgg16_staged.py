@@ -14,32 +14,23 @@ from ImageNet VGG16: add --config.init.encoder_weights=vgg16.safetensors (see th
 README, "Pretrained encoders"). Here on the built-in shapes, from scratch.
 """
 
-from jaxseg.config import base_config, model_config, use_shapes_data
+import os
+
+from jaxseg.config import load_config_file
 
 STAGES = {
-    # model, learning rate, run it starts from
-    "32s": ("fcn32s", 1e-4, ""),
-    "16s": ("fcn16s", 1e-5, "runs/fcn_staged_32s"),
-    "8s": ("fcn8s", 1e-5, "runs/fcn_staged_16s"),
+    # learning rate, the run it starts from
+    "32s": (1e-4, ""),
+    "16s": (1e-5, "runs/fcn_staged_32s"),
+    "8s": (1e-5, "runs/fcn_staged_16s"),
 }
 
 
 def get_config(stage="32s"):
     if stage not in STAGES:
         raise ValueError(f"FCN stage {stage!r} is not one of {sorted(STAGES)}")
-    model, learning_rate, from_run = STAGES[stage]
-    config = base_config()
-    config.model = model_config(model, encoder="vgg16", upsample="transposed", alignment="same")
-    config.init.from_run = from_run
-    use_shapes_data(config, image_size=64)
-    config.data.batch_size = 16
-
-    config.optim.name = "adamw"
-    config.optim.learning_rate = learning_rate
-    config.optim.warmup_steps = 20
-    config.optim.grad_clip_norm = 1.0
-
-    config.train.num_steps = 100
-    config.train.log_every = 10
-    config.train.checkpoint_every = 50
+    # configs/fcn_vgg16.py's net of that stage, data and optimizer.
+    here = os.path.dirname(__file__)
+    config = load_config_file(os.path.join(here, f"fcn_vgg16.py:{stage}"))
+    config.optim.learning_rate, config.init.from_run = STAGES[stage]
     return config
