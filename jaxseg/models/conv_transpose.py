@@ -1,26 +1,24 @@
-"""A 2-D transposed convolution that lowers to fast, exactly equivalent ops on CPU.
+"""Transposed convolution equal to `jax.lax.conv_transpose`, run on CPU as GEMM + depth-to-space."""
 
-`conv_transpose(x, kernel, stride, padding)` is
-`jax.lax.conv_transpose(x, kernel, (s, s), ((q, q), (q, q)), ("NHWC", "HWIO", "NHWC"))`
-with q = k - 1 - padding, i.e. PyTorch's `ConvTranspose2d(stride=s, padding=padding)` with
-the kernel flipped (lax does not flip it), output side (in - 1) * s + k - 2 * padding.
-
-XLA lowers that op as a convolution over the input dilated by s (s - 1 zeros between
-pixels), so on CPU it multiplies k^2 taps per output pixel of which only (k / s)^2 are
-non-zero, and its gradients are as wasteful. When s divides k (U-Net's 2x2/2, FCN's
-2f x 2f / f) the same sums are a stride-1 convolution of the undilated input with
-(k / s)^2 taps and s^2 x out channels, followed by depth-to-space and a crop (the
-sub-pixel equivalence); for k == s the convolution is a single matrix product. The
-rewrite is chosen with `jax.lax.platform_dependent` for CPU only: on other backends XLA's
-own lowering of the transposed convolution is kept, and an exported function carries
-both forms.
-
-Derivation (one axis, p = padding, full output p = 0): out[o] = sum_i x[i] k[s i + k-1-p - o].
-With m = k / s and o = s q + r (0 <= r < s) the non-zero terms are i = q + t - (m - 1) for
-t in [0, m), with weight k[s t + s-1-r]: a stride-1 correlation of x padded by m - 1 on
-both sides with the taps W[t, r] = k[s t + s-1-r], output pixel q giving the s outputs
-s q .. s q + s - 1; the padded output is the full one cropped by p on each side.
-"""
+# What is computed: `jax.lax.conv_transpose(x, kernel, (s, s), ((q, q), (q, q)),
+# ("NHWC", "HWIO", "NHWC"))` with q = k - 1 - padding, i.e. PyTorch's
+# `ConvTranspose2d(stride=s, padding=padding)` with the kernel flipped (lax does not flip
+# it); output side (in - 1) * s + k - 2 * padding.
+#
+# Why a rewrite: XLA lowers that op as a convolution over the input dilated by s (s - 1
+# zeros between pixels), so on CPU it multiplies k^2 taps per output pixel of which only
+# (k / s)^2 are non-zero, and its gradients are as wasteful. When s divides k (U-Net's
+# 2x2/2, FCN's 2f x 2f / f) the same sums are a stride-1 correlation of the undilated
+# input with (k / s)^2 taps and s^2 x out channels, followed by depth-to-space and a crop
+# (the sub-pixel equivalence). It is chosen with `jax.lax.platform_dependent` for CPU
+# only: elsewhere XLA's own lowering of the transposed convolution is kept, and an
+# exported function carries both forms.
+#
+# Derivation (one axis, p = padding, full output p = 0): out[o] = sum_i x[i] k[s i + k-1-p - o].
+# With m = k / s and o = s q + r (0 <= r < s) the non-zero terms are i = q + t - (m - 1)
+# for t in [0, m), with weight k[s t + s-1-r]: a stride-1 correlation of x padded by m - 1
+# on both sides with the taps W[t, r] = k[s t + s-1-r], block q giving the outputs
+# s q .. s q + s - 1; padding p crops the full output by p on each side.
 
 import jax
 import jax.numpy as jnp
