@@ -3,7 +3,9 @@
     python train.py                                     # configs/default.py, workdir runs/default
     python train.py --config configs/unet.py --workdir runs/unet --config.train.num_steps=500
 
-Running the same command again with the same workdir resumes from its latest checkpoint.
+Running the same command again with the same workdir resumes from its newest intact checkpoint.
+SIGTERM or Ctrl-C saves a checkpoint and exits with status 4 (Ctrl-C twice: at once, 130);
+one workdir takes one training run at a time. Exit statuses: jaxseg/cli.py.
 
 Several processes (hosts): run the same command in each, with
     --distributed                     on a TPU pod or SLURM (jax finds the cluster), or

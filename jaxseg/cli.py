@@ -2,9 +2,18 @@
 reach the user.
 
 jaxseg's own errors (JaxsegError: config, data, checkpoint, run, weights,
-input) print as their message alone under a one-line heading and exit with
-status 2; set JAXSEG_TRACEBACK=1 to see their traceback too. Any other
-exception keeps its traceback (exit 1).
+input) print as their message alone under a one-line heading; set
+JAXSEG_TRACEBACK=1 to see their traceback too. Any other exception keeps its
+traceback. Exit statuses of every jaxseg tool (train.py, evaluate.py,
+predict.py, export.py):
+
+  0    done
+  1    an unexpected error (a bug or the environment): Python's traceback
+  2    a jaxseg error: the message names what is wrong; nothing good was lost
+  3    predict.py: some inputs could not be read, the others were predicted
+  4    train.py: stopped by SIGTERM or SIGINT after saving a checkpoint; run the
+       same command again to resume
+  130  a second SIGINT (Ctrl-C) stopped training at once, without saving
 """
 
 import os
@@ -13,10 +22,14 @@ import sys
 import jax
 from absl import app, flags, logging
 
+from jaxseg import errors
 from jaxseg.errors import ConfigError, JaxsegError
 
-EXIT_ERROR = 2  # a jaxseg error: the message says what is wrong
+# Every tool's exit statuses, here in one place (see the module docstring).
+EXIT_ERROR = errors.EXIT_ERROR
+EXIT_INTERRUPTED = errors.EXIT_INTERRUPTED
 EXIT_PARTIAL = 3  # some inputs failed, the others were processed (predict.py)
+EXIT_STOPPED_AT_ONCE = 130  # the shell's status for SIGINT: a second Ctrl-C
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with the cluster's auto-detection."
@@ -40,9 +53,16 @@ def initialize_distributed() -> None:
 
 
 def quiet_libraries() -> None:
-    """orbax and tfds log every file at INFO; keep warnings unless --verbosity is given."""
+    """orbax and tfds log every file at INFO; keep warnings unless --verbosity is given.
+    orbax's own lines are dropped too: a failed save or restore reaches the user as a
+    jaxseg error (its traceback, orbax's included, with JAXSEG_TRACEBACK=1)."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        logging.get_absl_logger().addFilter(_not_from_orbax)
+
+
+def _not_from_orbax(record) -> bool:
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def report_error(error: JaxsegError) -> None:
@@ -84,11 +104,14 @@ def check_config_overrides(argv: list[str], default_config: str, flag: str = "co
 
 
 def run(main, default_config: str | None = None) -> None:
-    """absl.app.run(main) with jaxseg's error reporting (exit status 2 for JaxsegError)."""
+    """absl.app.run(main) with jaxseg's error reporting (exit statuses: module docstring)."""
     try:
         if default_config is not None:
             check_config_overrides(sys.argv, default_config)
         app.run(main)
     except JaxsegError as error:
         report_error(error)
-        sys.exit(EXIT_ERROR)
+        sys.exit(error.exit_status)
+    except KeyboardInterrupt:
+        print("jaxseg: stopped at once (Ctrl-C twice); nothing was saved", file=sys.stderr)
+        sys.exit(EXIT_STOPPED_AT_ONCE)

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from jaxseg.checks import check_values
 from jaxseg.errors import ConfigError
 from jaxseg.registry import option_parameters
 
@@ -136,6 +137,7 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
     config.data.eval_pad_multiple = 1  # pad eval images to a multiple (and the model's own)
     config.data.eval_examples = 0  # evaluate on the first n examples of a split; 0 = all
     config.data.eval_pad_to = ()  # (H, W): pad eval images of different sizes to one size
+    config.data.allow_extra_classes = False  # allow model.num_classes > the dataset's classes
     config.data.update(
         constructor_defaults(LoaderConfig, exclude=("global_batch_size",))
     )  # num_threads, num_workers, prefetch
@@ -173,11 +175,13 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
     config.train.num_devices = 0  # 0: all devices; n: the first n (single process only)
     config.train.parallelism = "mesh"  # mesh (jit + sharding) | pmap (jaxseg/train/parallel.py)
     config.train.grid_examples = 6  # validation examples drawn in images/<split>-<step>.png
+    config.train.skip_nonfinite_steps = False  # keep the state of a non-finite step, count it
     return config
 
 
 def validate_config(config: ml_collections.ConfigDict, schema=None, prefix="") -> None:
-    """Raises ConfigError naming any key of `config` absent from the schema."""
+    """Raises ConfigError naming any key of `config` absent from the schema, or a value that
+    is not allowed (jaxseg/checks.py)."""
     schema = base_config() if schema is None else schema
     for key, value in config.items():
         path = f"{prefix}{key}"
@@ -193,6 +197,8 @@ def validate_config(config: ml_collections.ConfigDict, schema=None, prefix="") -
                     f"config key {path!r} must be a dict of {sorted(schema[key].keys())}"
                 )
             validate_config(value, schema[key], prefix=f"{path}.")
+    if not prefix:
+        check_values(config)
 
 
 def use_shapes_data(config: ml_collections.ConfigDict, **options) -> None:

@@ -145,6 +145,9 @@ def test_empty_directory(tmp_path):
     (tmp_path / "masks" / "train").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"images/train: no images found for split 'train'"):
         load_dataset("folder", root=str(tmp_path), splits=("train",), class_names=("a", "b"))
+    with pytest.raises(DatasetError, match=r"no dataset at .*/nope \(data.options.root\)"):
+        load_dataset("folder", root=str(tmp_path / "nope"), splits=("train",), class_names=("a",))
+    (tmp_path / "nope").mkdir()
     with pytest.raises(DatasetError, match=r"nope/images/train: no such directory"):
         load_dataset("folder", root=str(tmp_path / "nope"), splits=("train",), class_names=("a",))
 

@@ -90,6 +90,9 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_refused(trained, tmp_path)
     meta = json.loads(meta_file.read_text())
     meta["config"]["model"]["base_features"] = 4
     meta_file.write_text(json.dumps(meta))
+    # As saved by a run that was stopped before it recorded the checkpoint's integrity
+    # (with the record, the edit above would make it a damaged checkpoint).
+    (copy / "checkpoints" / "3" / "jaxseg_integrity.json").unlink()
     before = _snapshot(copy)
     with pytest.raises(
         CheckpointMismatchError, match=r"(?s)step 3 .* does not match the model.*parameter"

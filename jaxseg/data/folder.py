@@ -22,6 +22,7 @@ or, with `on_error="skip"`, the example is dropped and counted in the log.
 import concurrent.futures
 import csv
 import dataclasses
+import glob
 import os
 from collections.abc import Sequence
 
@@ -168,6 +169,7 @@ class Example:
     image: str
     mask: str
     instances: str | None = None
+    size: tuple[int, int] | None = None  # (height, width), known once checked
 
 
 class FolderSource(Sequence):
@@ -183,6 +185,10 @@ class FolderSource(Sequence):
 
     def __len__(self):
         return len(self.examples)
+
+    def image_sizes(self) -> list[tuple[str, tuple[int, int]]]:
+        """(image path, (height, width)) of every example, as read when it was checked."""
+        return [(example.image, example.size) for example in self.examples]
 
     def __getitem__(self, index):
         example = self.examples[index]
@@ -280,6 +286,8 @@ def load_folder(
     """
     if mask_format not in MASK_FORMATS:
         raise DatasetError(f"mask_format {mask_format!r} is not one of {MASK_FORMATS}")
+    if not os.path.isdir(root):
+        raise DatasetError(_missing_root(root, splits, images_dir, masks_dir, split_subdirs))
     if on_error not in ON_ERROR:
         raise DatasetError(f"on_error {on_error!r} is not one of {ON_ERROR}")
     table = _class_table(root, class_table, class_names, mask_format, ignore_label)
@@ -329,6 +337,18 @@ def load_folder(
     return sources, info
 
 
+def _missing_root(root, splits, images_dir, masks_dir, split_subdirs) -> str:
+    """Where a folder dataset was looked for, what it must hold, how to point elsewhere."""
+    per_split = f"/{{{','.join(splits)}}}" if split_subdirs else ""
+    return (
+        f"no dataset at {os.path.abspath(root)} (data.options.root): the directory does not"
+        f" exist. A folder dataset holds {images_dir}{per_split}/<id>.<png|jpg|...> and"
+        f" {masks_dir}{per_split}/<id>.png. Give its location with"
+        " --config.data.options.root=/path/to/dataset (configs reading ../shared/data"
+        " also follow $JAXSEG_SHARED_DATA, the directory that holds the datasets)"
+    )
+
+
 def _list_split(root, subdir, split, images_dir, masks_dir, split_dir, instances_dir):
     """The split's examples, or for a broken pair the message naming the problem."""
     image_dir = os.path.join(root, images_dir, subdir)
@@ -352,7 +372,7 @@ def _list_split(root, subdir, split, images_dir, masks_dir, split_dir, instances
     entries = []
     for image_id in ids:
         if image_id not in masks:
-            entries.append(f"{images[image_id]}: no mask {os.path.join(mask_dir, image_id)}.png")
+            entries.append(_no_mask(images[image_id], mask_dir, image_id))
         elif instance_dir and image_id not in instances:
             entries.append(
                 f"{images[image_id]}: no instance map {os.path.join(instance_dir, image_id)}.png"
@@ -362,6 +382,23 @@ def _list_split(root, subdir, split, images_dir, masks_dir, split_dir, instances
                 Example(image_id, images[image_id], masks[image_id], instances.get(image_id))
             )
     return entries
+
+
+def _no_mask(image: str, mask_dir: str, image_id: str) -> str:
+    """Why `image` has no mask, naming a mask file of another format if there is one."""
+    message = f"{image}: no mask {os.path.join(mask_dir, image_id)}.png"
+    others = sorted(glob.glob(os.path.join(glob.escape(mask_dir), glob.escape(image_id) + ".*")))
+    if others:
+        found = others[0]
+        lossy = os.path.splitext(found)[1].lower() in (".jpg", ".jpeg")
+        why = (
+            "JPEG is lossy: it changes label values along every region border, so such masks"
+            " are refused; save them as PNG (from the source labels, not from the JPEG)"
+            if lossy
+            else "masks are read as PNG only; convert it to PNG"
+        )
+        message += f" (found {found}: {why})"
+    return message
 
 
 def _move_holdout(listed, holdout, holdout_from, holdout_split):
@@ -400,7 +437,7 @@ def _check_split(root, split, entries, decoder, on_error):
                 raise outcome
             skipped.append(str(outcome))
         else:
-            good.append(entry)
+            good.append(dataclasses.replace(entry, size=outcome.shape[:2]))
             masks.append(outcome)
     if skipped:
         logging.warning(

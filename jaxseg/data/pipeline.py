@@ -6,10 +6,23 @@ augmentation draws from a generator seeded by (seed, k). Global batch g holds
 examples [g * B, (g + 1) * B), whatever the number of processes; process p
 reads and augments only its contiguous chunk of every global batch. Resuming
 at step s therefore sees exactly the batches an uninterrupted run would.
+
+The training stream is therefore restored from one number, its position (the
+index of the next example: `get_state()` gives {"position": k}), not from
+grain's iterator state: a run resumed with another batch size or number of
+workers continues at the same example, skipping and repeating none.
+
+Worker processes (`num_workers` > 0) ignore SIGINT and SIGTERM (the trainer
+handles them, then stops the workers) and exit by themselves when the trainer
+is gone, however it ended (a `kill -9` included).
 """
 
 import dataclasses
 import functools
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
@@ -79,15 +92,16 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     input_padding: InputPadding | None = None,
-) -> grain.IterDataset:
+) -> "TrainStream":
     """The infinite stream of this process's training batches (dicts of numpy arrays).
 
     Each example is augmented, then padded as the model asks (`input_padding`).
+    `batches(stream, state)` iterates it from a saved position.
     """
     if len(source) == 0:
         raise DataError("the training split is empty")
-    local_batch = local_batch_size(loader.global_batch_size, process_count)
-    dataset = (
+    local_batch_size(loader.global_batch_size, process_count)  # checks divisibility
+    examples = (
         grain.MapDataset.source(source)
         .seed(seed)
         .shuffle()
@@ -97,9 +111,62 @@ def train_dataset(
                 _augment_example, augment_config=augment_config, input_padding=input_padding
             )
         )
-        .batch(local_batch, drop_remainder=True)
-    )[process_index::process_count]
-    return _to_iter(dataset, loader)
+    )
+    return TrainStream(examples, loader, process_index, process_count)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStream:
+    """The training examples in stream order, batched from any example position.
+
+    Example k is augmented with a generator drawn from (seed, k) by grain,
+    whatever slice it is read through, so starting at position k gives the
+    same batches as an iterator that has gone through k examples.
+    """
+
+    examples: grain.MapDataset  # infinite: shuffled, repeated, augmented
+    loader: LoaderConfig
+    process_index: int = 0
+    process_count: int = 1
+
+    def iterator(self, position: int = 0) -> "TrainIterator":
+        """Batches of examples [position + g * B, position + (g + 1) * B), B the global batch
+        size; this process reads its contiguous part of each."""
+        local_batch = local_batch_size(self.loader.global_batch_size, self.process_count)
+        dataset = (
+            self.examples[position:].batch(
+                local_batch, drop_remainder=True, batch_fn=_stack_training_examples
+            )
+        )[self.process_index :: self.process_count]
+        return TrainIterator(iter(_to_iter(dataset, self.loader)), position, self.loader)
+
+    def __iter__(self):
+        return self.iterator()
+
+
+class TrainIterator(Iterator[dict]):
+    """Training batches and the stream position; `get_state()` is what a checkpoint keeps."""
+
+    def __init__(self, batch_iterator, position: int, loader: LoaderConfig):
+        self._batches, self.position, self._loader = batch_iterator, position, loader
+
+    def __next__(self) -> dict:
+        batch = next(self._batches)
+        self.position += self._loader.global_batch_size
+        return batch
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+
+def _stack_training_examples(examples: Sequence[dict]) -> dict:
+    shapes = sorted({e["mask"].shape for e in examples})
+    if len(shapes) > 1:
+        raise DataError(
+            f"training images of different sizes {shapes} in one batch; set"
+            " data.augment.crop_size=(H, W) so that every example has one size"
+        )
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
 def eval_dataset(
@@ -174,14 +241,37 @@ def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDatas
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=loader.num_workers, per_worker_buffer_size=loader.prefetch
-            )
+            ),
+            worker_init_fn=_start_worker,
         )
     return iter_dataset
 
 
-def batches(iter_dataset: grain.IterDataset, state: dict | None = None) -> Iterator[dict]:
-    """An iterator over `iter_dataset`, restored to `state` (from `get_state()`) if given."""
-    iterator = iter(iter_dataset)
+def _start_worker(worker_index: int, worker_count: int) -> None:
+    """Runs first in each grain worker process: signals are the trainer's to handle, and the
+    worker ends when the trainer does."""
+    del worker_index, worker_count
+    # Ctrl-C reaches the whole process group; a worker that died of it would fail the
+    # trainer's next batch before the trainer could save.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """Ends this process once `parent_pid` is no longer its parent (grain does not watch
+    for it: after a kill -9 of the trainer its workers would run on, holding memory)."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_seconds)
+    os._exit(0)
+
+
+def batches(dataset, state: dict | None = None) -> Iterator[dict]:
+    """An iterator over a `TrainStream` from a saved `state` ({"position": k}), or over an
+    evaluation `grain.IterDataset`."""
+    if isinstance(dataset, TrainStream):
+        return dataset.iterator(0 if state is None else state["position"])
+    iterator = iter(dataset)
     if state is not None:
         iterator.set_state(state)
     return iterator

@@ -1,4 +1,9 @@
-"""train_and_evaluate(config, workdir): the training program as a library call."""
+"""train_and_evaluate(config, workdir): the training program as a library call.
+
+Around the loop, each in its own module: the workdir lock (workdir.py), where the run
+starts (resume.py), stopping on SIGTERM/SIGINT with a checkpoint (preemption.py), and
+stopping on a loss or state that is not finite (divergence.py).
+"""
 
 import contextlib
 import os
@@ -9,14 +14,19 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxseg.errors import RunError
+from jaxseg.checks import data_warnings
+from jaxseg.errors import Interrupted, RunError
 from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.train.divergence import DivergenceGuard, compile_skipping_train_step
 from jaxseg.train.evaluation import evaluate, report, write_curves
 from jaxseg.train.initialise import load_initialisation
+from jaxseg.train.preemption import StopSignals
 from jaxseg.train.reporting import MetricSums, format_table, summarize
+from jaxseg.train.resume import resume_or_start
 from jaxseg.train.setup import CHECKPOINTS, Run, build_run
 from jaxseg.train.state import count_params
 from jaxseg.train.step import variables_of
+from jaxseg.train.workdir import lock_for_training
 from jaxseg.train.writer import RunWriter
 
 
@@ -25,47 +35,95 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
 
     Returns:
       {split: metrics} of the final evaluation.
+
+    Raises:
+      Interrupted: SIGTERM or SIGINT stopped training after saving a checkpoint.
+      DivergedError: the loss or state stopped being finite (nothing non-finite is saved).
+      WorkdirLockedError: another training run uses `workdir`.
     """
     run = build_run(config)
     eval_splits = [config.data.eval_split] + [config.data.test_split] * bool(config.data.test_split)
     for split in eval_splits:
         run.source(split, "data.eval_split/test_split")
+    warnings = data_warnings(config, run.sources, run.info)
     # Weights to start from are read and checked before anything is written.
     initialisation = None if has_checkpoints(workdir) else load_initialisation(config)
     workdir = prepare_workdir(workdir)
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINTS), config.train.keep_checkpoints)
-    state, batches, start, init_report = resume_or_start(run, checkpointer, workdir, initialisation)
-    writer = RunWriter(workdir, enabled=jax.process_index() == 0)
-    writer.resume_at(start)
-    writer.json("config.json", config.to_dict())
-    if initialisation is not None:
-        writer.json("init_report.json", init_report)
-    run_record = {**run.record(), "init": init_report and _short(init_report)}
-    progress = Progress(writer, start, config.train.num_steps, config.data.batch_size)
-    sums = MetricSums()
-    for step in range(start + 1, config.train.num_steps + 1):
-        batch = next(batches)
-        state, metrics = run.train_step(state, run.layout.put_batch(batch), run.step_rng)
-        sums.add(run.layout.global_metrics(metrics), pixels_in(batch))
-        if progress.due(step, config.train.log_every):
-            progress.log(step, summarize(sums.result()))  # waits for the device: once per log
-        if progress.due(step, config.train.eval_every, at_end=False):
-            with progress.paused():  # evaluation time is not training time
-                record, _ = evaluate(run, variables_of(state), config.data.eval_split)
-                saveable = variables_of(run.layout.saveable(state))
-                report(writer, run, saveable, config.data.eval_split, step, record)
-                progress.bar.write(
-                    f"step {step}: {config.data.eval_split} mIoU {record['miou']:.4f}"
-                )
-        if progress.due(step, config.train.checkpoint_every):
-            checkpointer.save(step, run.layout.saveable(state), batches.get_state(), run_record)
-    progress.close()
-    checkpointer.wait()
-    results = final_evaluation(run, state, eval_splits, writer, workdir)
-    checkpointer.close()
-    writer.close()
+    checkpoints = os.path.join(workdir, CHECKPOINTS)
+    with (
+        lock_for_training(workdir),
+        contextlib.closing(
+            Checkpointer(checkpoints, config.train.keep_checkpoints)
+        ) as checkpointer,
+    ):
+        state, batches, start, init_report = resume_or_start(
+            run, checkpointer, workdir, initialisation
+        )
+        writer = RunWriter(workdir, enabled=jax.process_index() == 0)
+        writer.resume_at(start)
+        writer.json("config.json", config.to_dict() | ({"warnings": warnings} if warnings else {}))
+        if initialisation is not None:
+            writer.json("init_report.json", init_report)
+        run_record = {**run.record(), "init": init_report and _short(init_report)}
+        state = train(run, state, batches, start, checkpointer, writer, run_record)
+        checkpointer.wait()
+        results = final_evaluation(run, state, eval_splits, writer, workdir)
+        writer.close()
     logging.flush()
     return results
+
+
+def train(run: Run, state, batches, start: int, checkpointer, writer, run_record: dict):
+    """Steps `start + 1`..`train.num_steps`, logging, evaluating and saving on schedule.
+    Returns the final state."""
+    config = run.config
+    train_step = run.train_step
+    if config.train.skip_nonfinite_steps:
+        train_step = compile_skipping_train_step(run)
+    progress = Progress(writer, start, config.train.num_steps, config.data.batch_size)
+    guard = DivergenceGuard(checkpointer, config, start)
+    sums = MetricSums()
+    with StopSignals() as signals:
+        for step in range(start + 1, config.train.num_steps + 1):
+            batch = next(batches)
+            state, metrics = train_step(state, run.layout.put_batch(batch), run.step_rng)
+            sums.add(run.layout.global_metrics(metrics), pixels_in(batch))
+            checkpointer.check_for_errors()  # a failed asynchronous save stops the run now
+            if progress.due(step, config.train.log_every):
+                record = train_record(sums.result())  # waits for the device: once per log
+                progress.log(step, record)
+                guard.check_loss(step, record)
+            if progress.due(step, config.train.eval_every, at_end=False):
+                with progress.paused():  # evaluation time is not training time
+                    record, _ = evaluate(run, variables_of(state), config.data.eval_split)
+                    saveable = variables_of(run.layout.saveable(state))
+                    report(writer, run, saveable, config.data.eval_split, step, record)
+                    progress.bar.write(
+                        f"step {step}: {config.data.eval_split} mIoU {record['miou']:.4f}"
+                    )
+            stopping = signals.should_stop(step)
+            if stopping or progress.due(step, config.train.checkpoint_every):
+                saveable = run.layout.saveable(state)
+                guard.check_state(step, saveable)  # never save a state that is not finite
+                checkpointer.save(step, saveable, batches.get_state(), run_record)
+            if stopping:
+                checkpointer.wait()
+                progress.close()
+                raise Interrupted(
+                    f"{signals.reason} at step {step}: saved a checkpoint at step {step} (model,"
+                    f" optimizer and data stream) in {checkpointer.directory}. Run the same"
+                    " command again to resume from it."
+                )
+    progress.close()
+    return state
+
+
+def train_record(totals: dict) -> dict:
+    """The log record of summed training metrics; with skipping on, the steps skipped."""
+    record = summarize(totals)
+    if "skipped" in totals:
+        record["skipped_steps"] = int(totals["skipped"])
+    return record
 
 
 def pixels_in(batch) -> int:
@@ -114,49 +172,11 @@ class Progress:
         self.bar.close()
 
 
-def resume_or_start(run: Run, checkpointer: Checkpointer, workdir: str, initialisation=None):
-    """(state, batch iterator, step, init report): from the latest checkpoint, or fresh at
-    step 0 (from `initialisation` if given)."""
-    start = checkpointer.latest_step() or 0
-    if not start:
-        if initialisation is None:
-            return run.init_state(), run.train_batches(), 0, None
-        state, report = run.init_state(initialisation)
-        print(f"Initialised from {describe_initialisation(report)}")
-        return state, run.train_batches(), 0, report
-    meta = checkpointer.meta(start)
-    explanation = _model_changes(meta, run.config, workdir)
-    state, data_state = checkpointer.restore(
-        start, run.layout.restore_target(run.abstract_state), explanation
-    )
-    print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}")
-    if run.config.init.encoder_weights or run.config.init.from_run:
-        print("  (init.encoder_weights/init.from_run apply to a fresh run: the checkpoint wins)")
-    return (
-        run.layout.place_restored(state),
-        run.train_batches(data_state),
-        start,
-        (meta or {}).get("init"),
-    )
-
-
 def has_checkpoints(workdir: str) -> bool:
     """Whether `workdir` holds a finished checkpoint (a step directory; orbax writes into a
     temporary name first). Read from the file system: no collective, any process may ask."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
-def describe_initialisation(report: dict) -> str:
-    if "encoder_weights" in report:
-        weights = report["encoder_weights"]
-        return f"encoder weights {weights['path']} (sha256 {weights['sha256'][:16]}...)"
-    source = report["from_run"]
-    return (
-        f"run {source['workdir']} step {source['step']}: {len(report['copied'])} variables"
-        f" copied, {len(report['initialised'])} left at their initialisation,"
-        f" {len(report['mismatched'])} of another shape (init_report.json lists them)"
-    )
 
 
 def _short(report: dict) -> dict:
@@ -207,32 +227,3 @@ def prepare_workdir(workdir: str) -> str:
     except OSError as e:
         raise RunError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
     return workdir
-
-
-def _model_changes(meta: dict | None, config, workdir: str) -> str:
-    """'model.x: old -> new' for model settings that differ from the checkpoint's config."""
-    if meta is None:  # checkpoints written before they carried their config
-        path = os.path.join(workdir, "config.json")
-        if not os.path.exists(path):
-            return ""
-        import json
-
-        with open(path) as f:
-            meta = {"config": json.load(f)}
-    saved = meta["config"].get("model", {})
-    current = config.model.to_dict()
-    changes = [
-        f"model.{key}: {saved.get(key, 'unset')} -> {_plain(current.get(key, 'unset'))}"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key) != _plain(current.get(key))
-    ]
-    return "Changed since the checkpoint: " + ", ".join(changes) if changes else ""
-
-
-def _plain(value):
-    """Tuples as lists, as they come back from JSON."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxseg.checks import check_against_data
 from jaxseg.config import config_from_dict, validate_config
 from jaxseg.data import load_dataset
 from jaxseg.data.info import SegmentationInfo
@@ -192,6 +193,7 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
         config.data.eval_batch_size, layout.num_devices, "data.eval_batch_size"
     )
     sources, info = load_dataset(config.data.name, **config.data.options)
+    check_against_data(config, sources, info)
     model = build_model(config.model, info.num_classes)
     task = Task(
         info,
@@ -310,6 +312,8 @@ def _saved_config_and_info(workdir: str, meta: dict | None):
     if not os.path.exists(path):
         raise RunError(f"{workdir}: its checkpoints carry no config, and there is no config.json")
     with open(path) as f:
-        config = config_from_dict(json.load(f))
+        fields = json.load(f)
+    fields.pop("warnings", None)  # what the run was warned of, not a config key
+    config = config_from_dict(fields)
     _, info = load_dataset(config.data.name, **config.data.options)
     return config, info
