@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.errors import DivergedError
-from jaxseg.train.step import train_step
 
 
 def _floating_leaves(tree) -> list:
@@ -61,12 +60,6 @@ def skipping_nonfinite(step_fn):
         return new_state, {**metrics, "skipped": (~finite).astype(jnp.int32)}
 
     return step
-
-
-def compile_skipping_train_step(run):
-    """The run's train step, compiled as `build_run` compiles it, with `skipping_nonfinite`."""
-    step_fn = functools.partial(train_step, task=run.task, axis=run.layout.axis)
-    return run.layout.compile_train(skipping_nonfinite(step_fn))
 
 
 class DivergenceGuard:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from jaxseg.checks import data_warnings
 from jaxseg.errors import Interrupted, RunError
 from jaxseg.train.checkpoint import Checkpointer
-from jaxseg.train.divergence import DivergenceGuard, compile_skipping_train_step
+from jaxseg.train.divergence import DivergenceGuard
 from jaxseg.train.evaluation import evaluate, report, write_curves
 from jaxseg.train.initialise import load_initialisation
 from jaxseg.train.preemption import StopSignals
@@ -77,9 +77,7 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
     """Steps `start + 1`..`train.num_steps`, logging, evaluating and saving on schedule.
     Returns the final state."""
     config = run.config
-    train_step = run.train_step
-    if config.train.skip_nonfinite_steps:
-        train_step = compile_skipping_train_step(run)
+    train_step = run.train_step  # skips non-finite updates with train.skip_nonfinite_steps
     progress = Progress(writer, start, config.train.num_steps, config.data.batch_size)
     guard = DivergenceGuard(checkpointer, config, start)
     sums = MetricSums()

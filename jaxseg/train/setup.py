@@ -27,6 +27,7 @@ from jaxseg.inference import network
 from jaxseg.models import SegmentationModel, get_model
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.train.divergence import skipping_nonfinite
 from jaxseg.train.state import TrainState, create_train_state, make_optimizer
 from jaxseg.train.step import Task, eval_step, train_step, variables_of
 
@@ -201,6 +202,9 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
         config.loss.use_pixel_weights,
         config.loss.dice_weight,
     )
+    step_fn = functools.partial(train_step, task=task, axis=layout.axis)
+    if config.train.skip_nonfinite_steps:
+        step_fn = skipping_nonfinite(step_fn)
     return Run(
         config=config,
         sources=sources,
@@ -209,7 +213,7 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
         layout=layout,
         optimizer=make_optimizer(config.optim, config.train.num_steps),
         task=task,
-        train_step=layout.compile_train(functools.partial(train_step, task=task, axis=layout.axis)),
+        train_step=layout.compile_train(step_fn),
         eval_step=layout.compile_eval(
             functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
         ),
