@@ -3,8 +3,10 @@
     python tools/pretrain_shapes_classifier.py --output runs/pretrain/resnet18_shapes.safetensors
 
 No ImageNet weights can be downloaded on the machines jaxseg is developed on, so this
-builds a classification task that needs the same features a segmenter does: which
-shape (disc, square, triangle, ring) covers the most pixels of a built-in shapes image.
+builds a classification task that needs the same features a segmenter does: which of
+the four shapes (disc, square, triangle, ring) a built-in shapes image shows (a
+multi-label task, like naming the objects of a photograph; a shape counts when it
+covers at least 1% of the image).
 It trains on a shapes dataset of its own seed (different images from those the
 segmentation configs use), with the configs' flip/scale augmentation, an encoder plus
 global average pooling and a linear classifier, and writes the encoder alone in
@@ -40,7 +42,8 @@ _SEED = flags.DEFINE_integer("seed", 1, "Seed of the pretraining dataset and the
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory (default: TFDS's).")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "Training images.")
 _NUM_VALIDATION = flags.DEFINE_integer("num_validation", 500, "Validation images.")
-SHAPE_CLASSES = 4  # disc, square, triangle, ring (class 0, background, is never dominant)
+SHAPE_CLASSES = 4  # disc, square, triangle, ring (class 0 is the background)
+VISIBLE = 0.01  # a shape is present when it covers at least this fraction of the image
 
 
 class Classifier(nn.Module):
@@ -55,10 +58,10 @@ class Classifier(nn.Module):
         return nn.Dense(SHAPE_CLASSES, name="classifier")(features.mean(axis=(1, 2)))
 
 
-def dominant_shape(masks):
-    """(N,) index 0..3 of the shape class with the most pixels of each (N, H, W) mask."""
+def shapes_present(masks):
+    """(N, 4) 0/1: which shapes cover at least VISIBLE of each (N, H, W) mask."""
     counts = jax.nn.one_hot(masks, 1 + SHAPE_CLASSES).sum(axis=(1, 2))  # ignore label: zeros
-    return jnp.argmax(counts[:, 1:], axis=-1)
+    return (counts[:, 1:] >= VISIBLE * masks.shape[1] * masks.shape[2]).astype(jnp.float32)
 
 
 def main(argv):
@@ -97,9 +100,9 @@ def main(argv):
                 mutable=["batch_stats"],
                 rngs={"dropout": jax.random.fold_in(dropout, step)},
             )
-            labels = dominant_shape(masks)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, (updates, jnp.mean(jnp.argmax(logits, -1) == labels))
+            labels = shapes_present(masks)
+            loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+            return loss, (updates, jnp.mean((logits > 0) == (labels > 0)))
 
         (loss, (updates, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         changes, opt_state = tx.update(grads, opt_state, params)
@@ -111,7 +114,7 @@ def main(argv):
         logits = model.apply(
             {"params": params, "batch_stats": batch_stats}, run.info.normalize(images)
         )
-        return jnp.argmax(logits, -1)
+        return logits > 0
 
     batches = run.train_batches()
     start, rates, last = time.perf_counter(), [], time.perf_counter()
@@ -124,19 +127,20 @@ def main(argv):
             loss = float(loss)  # waits for the device
             rates.append(50 * _BATCH.value / (time.perf_counter() - last))
             last = time.perf_counter()
-            print(f"step {step}: loss {loss:.4f}, batch accuracy {float(accuracy):.3f},"
+            print(f"step {step}: loss {loss:.4f}, batch label accuracy {float(accuracy):.3f},"
                   f" {rates[-1]:.1f} img/s", flush=True)  # fmt: skip
 
     validation = run.source("validation")
-    correct = 0
+    correct, exact = 0, 0
     for first in range(0, len(validation), 100):
-        examples = [
-            to_example(validation[i]) for i in range(first, min(first + 100, len(validation)))
-        ]
+        indices = range(first, min(first + 100, len(validation)))
+        examples = [to_example(validation[i]) for i in indices]
         images = np.stack([e["image"] for e in examples])
-        labels = dominant_shape(jnp.asarray(np.stack([e["mask"] for e in examples])))
-        correct += int((predict(params, batch_stats, images) == labels).sum())
-    accuracy = correct / len(validation)
+        labels = shapes_present(jnp.asarray(np.stack([e["mask"] for e in examples]))) > 0
+        right = predict(params, batch_stats, images) == labels
+        correct += int(right.sum())
+        exact += int(right.all(axis=-1).sum())
+    accuracy = correct / (len(validation) * SHAPE_CLASSES)
     encoder = {"params": params["encoder"], "batch_stats": batch_stats.get("encoder", {})}
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     pretrained.save_safetensors(
@@ -148,7 +152,8 @@ def main(argv):
         "batch_size": _BATCH.value,
         "image_size": _SIZE.value,
         "dataset_seed": _SEED.value,
-        "validation_accuracy": accuracy,
+        "validation_accuracy": accuracy,  # per shape label
+        "validation_exact_match": exact / len(validation),  # all four labels right
         "median_images_per_second": statistics.median(rates) if rates else None,
         "minutes": (time.perf_counter() - start) / 60,
         "sha256": pretrained.file_sha256(_OUTPUT.value),
