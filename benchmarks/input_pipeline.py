@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from loop_vs_step import bare_step_seconds
 
 from jaxseg.config import load_config_file
 from jaxseg.data.pipeline import batches, train_dataset
@@ -44,17 +45,7 @@ def pipeline_rate(source, augment, loader, num_batches):
 
 def step_rate(run, batch, num_steps):
     """Median images/s of the run's compiled train step (batch already on device)."""
-    state = run.init_state()
-    device_batch = run.layout.put_batch(batch)
-    for _ in range(2):  # compile, warm up
-        state, metrics = run.train_step(state, device_batch, run.step_rng)
-    jax.block_until_ready(metrics)
-    seconds = []
-    for _ in range(num_steps):
-        start = time.perf_counter()
-        state, metrics = run.train_step(state, device_batch, run.step_rng)
-        jax.block_until_ready(metrics)
-        seconds.append(time.perf_counter() - start)
+    seconds, _ = bare_step_seconds(run, run.init_state(), run.layout.put_batch(batch), num_steps)
     return batch["image"].shape[0] / statistics.median(seconds)
 
 

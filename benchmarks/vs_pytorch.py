@@ -5,19 +5,18 @@ import collections
 import contextlib
 import glob
 import os
-import platform
 import re
 import statistics
 import tempfile
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
+from machine import cpu_name, software, usable_cpus
 from torch import nn
 
 import jaxseg
@@ -570,14 +569,9 @@ def compare_conv_kernels(name, repeats=3):
 
 
 def machine_line():
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     return (
-        f"{len(os.sched_getaffinity(0))} CPUs usable (nproc), {cpu}; python"
-        f" {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__},"
-        f" optax {optax.__version__}, torch {torch.__version__}"
-        f" (threads {torch.get_num_threads()})"
+        f"{usable_cpus()} CPUs usable (nproc), {cpu_name()}; {software()},"
+        f" torch {torch.__version__} (threads {torch.get_num_threads()})"
     )
 
 

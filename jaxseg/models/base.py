@@ -16,12 +16,24 @@ models whose output is smaller than their input: the original U-Net),
 by as much: tiles on that grid predict what the whole image would) and
 `position_dependent` (the prediction at a pixel depends on where the pixel
 lies in the input, so the model cannot be applied tile by tile).
+
+Every model also takes `dtype` and `remat` (keyword-only fields of the base class, so every
+model config has them). `dtype` is the compute type: the model casts its input to it, and
+every layer computes in the type of its input (`dtype=x.dtype`), while parameters, batch
+norm statistics and the scores the model returns are float32 (softmax, loss and metrics
+follow in float32). `remat`: jaxseg/models/remat.py.
 """
 
+import dataclasses
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxseg.errors import ConfigError
+from jaxseg.models.remat import check_remat
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 Pads = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
 
@@ -33,8 +45,10 @@ class FeatureSpec(NamedTuple):
 
 class Encoder(nn.Module):
     """Base class of encoders; subclasses implement `feature_specs` and
-    `__call__(x, train, frozen_bn=False)` (`frozen_bn`: batch norm uses and keeps its running
-    statistics even in training, as when fine-tuning with small batches)."""
+    `__call__(x, train, frozen_bn=False, remat="none")` (`frozen_bn`: batch norm uses and
+    keeps its running statistics even in training, as when fine-tuning with small batches;
+    `remat`: each stage checkpointed, jaxseg/models/remat.py). They compute in the dtype of
+    `x`."""
 
     def feature_specs(self) -> dict[str, FeatureSpec]:
         """{paper name: (stride, channels)} of every feature, in forward order."""
@@ -90,7 +104,30 @@ class Encoder(nn.Module):
 
 
 class SegmentationModel(nn.Module):
-    """Base class of models: images (N, H, W, C) -> class scores; declares its input needs."""
+    """Base class of models: images (N, H, W, C) -> float32 class scores; declares its input
+    needs.
+
+    Attributes:
+      dtype: compute type, "float32", "bfloat16" or "float16" (float16 trains with dynamic
+        loss scaling: jaxseg/train/loss_scale.py); parameters stay float32.
+      remat: "none", "blocks" or "convs" (jaxseg/models/remat.py).
+    """
+
+    dtype: str = dataclasses.field(default="float32", kw_only=True)
+    remat: str = dataclasses.field(default="none", kw_only=True)
+
+    def __post_init__(self):
+        # Checked when the model is built, before anything is traced.
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ConfigError(
+                f"model.dtype={self.dtype!r} is not allowed; allowed: {tuple(COMPUTE_DTYPES)}"
+            )
+        check_remat(self.remat)
+        super().__post_init__()
+
+    def compute_input(self, x: jnp.ndarray) -> jnp.ndarray:
+        """`x` in the compute dtype: what a model's `__call__` starts from."""
+        return x.astype(COMPUTE_DTYPES[self.dtype])
 
     def input_multiple(self) -> int:
         """Input sides must be multiples of this (1: any size)."""

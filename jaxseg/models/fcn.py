@@ -18,6 +18,7 @@ At-once training (the paper's FCN-8s-at-once) scales pool4 and pool3 by
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxseg.models.base import SegmentationModel
 from jaxseg.models.encoders import Encoder, build_encoder
@@ -135,7 +136,9 @@ class FCN(SegmentationModel):
         if not caffe:
             check_divisible(height, width, strides[names[0]], f"FCN on {self.encoder}")
 
-        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn)
+        features = encoder(
+            self.compute_input(x), train, frozen_bn=self.encoder_frozen_bn, remat=self.remat
+        )
         score = ScoreHead(self.num_classes, self.zero_init_scores, name="score_fr")(
             features[names[0]]
         )
@@ -153,4 +156,4 @@ class FCN(SegmentationModel):
         score = self._upsample(stride, f"upscore{stride}")(score)
         if caffe:
             score = crop_at(score, CAFFE_FINAL_OFFSETS[stride], height, width)
-        return score
+        return score.astype(jnp.float32)

@@ -12,4 +12,4 @@ class ScoreHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
-        return nn.Conv(self.num_classes, (1, 1), kernel_init=init, name="conv")(x)
+        return nn.Conv(self.num_classes, (1, 1), kernel_init=init, dtype=x.dtype, name="conv")(x)

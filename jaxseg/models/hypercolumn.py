@@ -108,21 +108,25 @@ class Hypercolumn(SegmentationModel):
         check_divisible(height, width, resolution, "Hypercolumn (resolution)")
         out_h, out_w = height // resolution, width // resolution
 
-        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn)
+        x = self.compute_input(x)
+        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn, remat=self.remat)
         columns = []
         for name in names:
-            column = nn.Conv(self.projection_features, (1, 1), name=f"project_{name}")(
-                features[name]
-            )
+            column = nn.Conv(
+                self.projection_features, (1, 1), dtype=x.dtype, name=f"project_{name}"
+            )(features[name])
             columns.append(resize(column, out_h, out_w, self.resize_method))
         fused = sum(columns) if self.fusion == "sum" else jnp.concatenate(columns, axis=-1)
         fused = nn.relu(fused)
 
         grid = self.location_grid
-        scores = nn.Conv(self.num_classes * grid * grid, (1, 1), name="classifier")(fused)
+        scores = nn.Conv(self.num_classes * grid * grid, (1, 1), dtype=x.dtype, name="classifier")(
+            fused
+        )
         if grid > 1:
             scores = scores.reshape(*scores.shape[:3], grid, grid, self.num_classes)
-            rows = jnp.asarray(grid_interpolation_weights(out_h, grid))
-            cols = jnp.asarray(grid_interpolation_weights(out_w, grid))
+            # float32 weights would promote the scores back to float32.
+            rows = jnp.asarray(grid_interpolation_weights(out_h, grid), x.dtype)
+            cols = jnp.asarray(grid_interpolation_weights(out_w, grid), x.dtype)
             scores = jnp.einsum("nyxijc,yi,xj->nyxc", scores, rows, cols)
-        return resize(scores, height, width, self.resize_method)
+        return resize(scores, height, width, self.resize_method).astype(jnp.float32)

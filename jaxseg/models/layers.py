@@ -1,4 +1,8 @@
-"""Building blocks shared by every model: conv-BN-ReLU, crops and skip merges."""
+"""Building blocks shared by every model: conv-BN-ReLU, crops and skip merges.
+
+Layers compute in the dtype of their input (float32 parameters cast to it; batch norm
+statistics in float32): the model sets the compute dtype once, by casting its input.
+"""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -26,9 +30,10 @@ class ConvBNReLU(nn.Module):
             kernel_dilation=self.dilation,
             use_bias=not self.use_batch_norm,
             kernel_init=nn.initializers.kaiming_normal(),
+            dtype=x.dtype,
         )(x)
         if self.use_batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=x.dtype)(x)
         return nn.relu(x)
 
 

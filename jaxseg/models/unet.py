@@ -9,10 +9,12 @@ output size = input size.
 from collections.abc import Mapping
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxseg.models.base import Pads, SegmentationModel
 from jaxseg.models.encoders import Encoder, UNetEncoder, build_encoder
 from jaxseg.models.layers import DoubleConv, check_divisible, crop_and_concat, nearest_valid
+from jaxseg.models.remat import checkpointed
 from jaxseg.models.upsample import (
     ResizeUpsample,
     TransposedConvUpsample,
@@ -195,18 +197,22 @@ class UNet(SegmentationModel):
         else:
             check_divisible(height, width, strides[-1], f"U-Net on {self.encoder}")
 
-        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn)
+        features = encoder(
+            self.compute_input(x), train, frozen_bn=self.encoder_frozen_bn, remat=self.remat
+        )
         *skips, x = (features[f"stride{s}"] for s in strides)
         for level in reversed(range(len(skips))):
-            skip = skips[level]
-            x = self._upsample(strides[level + 1] // strides[level], skip.shape[-1], f"up{level}")(
-                x
-            )
-            x = crop_and_concat(skip, x)
-            x = DoubleConv(
-                skip.shape[-1], self.padding, self.use_batch_norm, name=f"decoder{level}"
-            )(x, train)
-        scores = nn.Conv(self.num_classes, (1, 1), name="classifier")(x)
+            # The upsampling belongs to the checkpointed block: it keeps less (remat.py).
+            def block(module, x, skip, level=level):
+                factor = strides[level + 1] // strides[level]
+                x = module._upsample(factor, skip.shape[-1], f"up{level}")(x)
+                x = crop_and_concat(skip, x)
+                return DoubleConv(
+                    skip.shape[-1], module.padding, module.use_batch_norm, name=f"decoder{level}"
+                )(x, train)
+
+            x = checkpointed(self, block, self.remat)(x, skips[level])
+        scores = nn.Conv(self.num_classes, (1, 1), dtype=x.dtype, name="classifier")(x)
         if strides[0] > 1:
             scores = resize(scores, height, width)
-        return scores
+        return scores.astype(jnp.float32)

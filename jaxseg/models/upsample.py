@@ -126,7 +126,7 @@ class TransposedConvUpsample(nn.Module):
         # conv_transpose runs it as an exactly equal stride-1 conv + depth-to-space.
         x = conv_transpose(x, kernel.astype(x.dtype), self.factor, padding)
         if self.use_bias:
-            x = x + self.param("bias", nn.initializers.zeros, (features,))
+            x = x + self.param("bias", nn.initializers.zeros, (features,)).astype(x.dtype)
         return x
 
 
@@ -156,6 +156,11 @@ class ResizeUpsample(nn.Module):
         if self.conv_size or features != in_features:
             size = self.conv_size or 1
             x = nn.Conv(
-                features, (size, size), padding="SAME", use_bias=self.use_bias, name="Conv_0"
+                features,
+                (size, size),
+                padding="SAME",
+                use_bias=self.use_bias,
+                dtype=x.dtype,
+                name="Conv_0",
             )(x)
         return x

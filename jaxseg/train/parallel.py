@@ -127,13 +127,15 @@ class MeshParallel:
             local_batch,
         )
 
-    def compile_train(self, train_step):
-        """(state, batch, rng) -> (state, metrics): state donated, replicated; batch sharded."""
+    def compile_train(self, train_step, compiler_options=None):
+        """(state, batch, rng) -> (state, metrics): state donated, replicated; batch sharded.
+        `compiler_options`: XLA options of the step (jaxseg/models/remat.py)."""
         return jax.jit(
             train_step,
             in_shardings=(self._replicated, self._batch, self._replicated),
             out_shardings=(self._replicated, self._replicated),
             donate_argnums=(0,),
+            compiler_options=compiler_options,
         )
 
     def compile_eval(self, eval_step):
@@ -179,7 +181,9 @@ class PmapParallel:
             lambda x: np.asarray(x).reshape(count, x.shape[0] // count, *x.shape[1:]), local_batch
         )
 
-    def compile_train(self, train_step):
+    def compile_train(self, train_step, compiler_options=None):
+        # jax.pmap takes no XLA options: remat on CPU saves nothing here (remat.py).
+        del compiler_options
         return jax.pmap(
             train_step,
             axis_name=DATA_AXIS,

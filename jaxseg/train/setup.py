@@ -25,6 +25,7 @@ from jaxseg.data.transforms import AugmentConfig
 from jaxseg.errors import ConfigError, DataError, RunError
 from jaxseg.inference import network
 from jaxseg.models import SegmentationModel, get_model
+from jaxseg.models.remat import compiler_options
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.divergence import skipping_nonfinite
@@ -213,7 +214,9 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
         layout=layout,
         optimizer=make_optimizer(config.optim, config.train.num_steps),
         task=task,
-        train_step=layout.compile_train(step_fn),
+        train_step=layout.compile_train(
+            step_fn, compiler_options(model.remat, jax.default_backend())
+        ),
         eval_step=layout.compile_eval(
             functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
         ),

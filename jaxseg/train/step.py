@@ -21,6 +21,7 @@ from jaxseg.data.info import SegmentationInfo
 from jaxseg.losses import pixel_cross_entropy, soft_dice_loss
 from jaxseg.metrics import confusion_matrix
 from jaxseg.models.layers import center_crop
+from jaxseg.train.loss_scale import apply_scaled_gradients
 from jaxseg.train.parallel import GlobalBatch
 
 GLOBAL_BATCH = GlobalBatch()
@@ -80,9 +81,12 @@ def train_step(state, batch, rng, *, task: Task, axis=GLOBAL_BATCH):
     """One optimisation step on a batch. Returns (new_state, metric sums).
 
     `rng` is the run's base key; the step number is folded in, so every step
-    draws fresh dropout masks and a resumed run draws the same ones.
+    draws fresh dropout masks and a resumed run draws the same ones. A state with a loss
+    scale (float16 models) differentiates the scaled loss and skips a step whose gradients
+    overflow (jaxseg/train/loss_scale.py).
     """
     rng = axis.fold_in_replica(jax.random.fold_in(rng, state.step))
+    scaler = getattr(state, "loss_scale", None)  # float16 models only (state.py)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -93,11 +97,14 @@ def train_step(state, batch, rng, *, task: Task, axis=GLOBAL_BATCH):
             rngs={"dropout": rng},
         )
         loss, metrics = loss_and_metrics(logits, batch, task, axis)
-        return loss, (metrics, updates)
+        return (loss if scaler is None else scaler.scale_loss(loss)), (metrics, updates)
 
     (_, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     batch_stats = axis.mean(updates.get("batch_stats", state.batch_stats))
-    state = state.apply_gradients(grads=axis.sum(grads), batch_stats=batch_stats)
+    if scaler is None:
+        state = state.apply_gradients(grads=axis.sum(grads), batch_stats=batch_stats)
+    else:
+        state = apply_scaled_gradients(state, axis.sum(grads), batch_stats)
     return state, axis.sum(metrics)
 
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from jaxseg.models.base import Encoder, FeatureSpec
 from jaxseg.models.layers import max_pool
+from jaxseg.models.remat import checkpointed
 
 
 def _conv_bn(x, features, kernel, strides, dilation, train, name):
@@ -18,10 +19,11 @@ def _conv_bn(x, features, kernel, strides, dilation, train, name):
         kernel_dilation=dilation,
         use_bias=False,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        dtype=x.dtype,
         name=f"{name}_conv",
     )(x)
     return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"{name}_bn"
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=x.dtype, name=f"{name}_bn"
     )(x)
 
 
@@ -109,10 +111,16 @@ class ResNet(Encoder):
         return specs
 
     @nn.compact
-    def __call__(self, x, train: bool = False, frozen_bn: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(
+        self, x, train: bool = False, frozen_bn: bool = False, remat: str = "none"
+    ) -> dict[str, jnp.ndarray]:
         train = train and not frozen_bn  # batch norm is all that `train` changes here
         block, sizes, plan = self._layout()
-        x = nn.relu(_conv_bn(x, 64, 7, 2, 1, train, "stem"))
+
+        def stem(module, x):
+            return nn.relu(_conv_bn(x, 64, 7, 2, 1, train, "stem"))
+
+        x = checkpointed(self, stem, remat)(x)
         features = {"stem": x}
         x = max_pool(x, 3, 2, padding=1)
         for layer, (num_blocks, width, (strides, dilation, previous, _)) in enumerate(
@@ -120,11 +128,15 @@ class ResNet(Encoder):
         ):
             for index in range(num_blocks):
                 # torchvision: a dilated layer's first block keeps the previous dilation.
-                x = block(
-                    width,
+                options = dict(
                     strides=strides if index == 0 else 1,
                     dilation=previous if index == 0 else dilation,
                     name=f"layer{layer}_{index}",
-                )(x, train)
+                )
+
+                def stage(module, x, width=width, options=options):
+                    return block(width, **options)(x, train)
+
+                x = checkpointed(self, stage, remat)(x)
             features[f"layer{layer}"] = x
         return self.with_aliases(features)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from jaxseg.models.base import Encoder, FeatureSpec
 from jaxseg.models.layers import DoubleConv, max_pool
+from jaxseg.models.remat import checkpointed
 
 
 class UNetEncoder(Encoder):
@@ -26,17 +27,23 @@ class UNetEncoder(Encoder):
         }
 
     @nn.compact
-    def __call__(self, x, train: bool = False, frozen_bn: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(
+        self, x, train: bool = False, frozen_bn: bool = False, remat: str = "none"
+    ) -> dict[str, jnp.ndarray]:
         train = train and not frozen_bn  # batch norm is all that `train` changes here
         features = {}
         for level in range(self.depth + 1):
-            if level:
+            if level:  # outside the checkpointed stage, which keeps the pooled map (remat.py)
                 x = max_pool(x, 2, 2)
-            x = DoubleConv(
-                self.base_features * 2**level,
-                self.padding,
-                self.use_batch_norm,
-                name=f"level{level}",
-            )(x, train)
+
+            def stage(module, x, level=level):
+                return DoubleConv(
+                    module.base_features * 2**level,
+                    module.padding,
+                    module.use_batch_norm,
+                    name=f"level{level}",
+                )(x, train)
+
+            x = checkpointed(self, stage, remat)(x)
             features[f"level{level}"] = x
         return self.with_aliases(features)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from jaxseg.models.base import Encoder, FeatureSpec
 from jaxseg.models.layers import max_pool
+from jaxseg.models.remat import checkpointed
 
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convs) per block
 
@@ -40,23 +41,40 @@ class VGG16(Encoder):
         return specs
 
     @nn.compact
-    def __call__(self, x, train: bool = False, frozen_bn: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(
+        self, x, train: bool = False, frozen_bn: bool = False, remat: str = "none"
+    ) -> dict[str, jnp.ndarray]:
         del frozen_bn  # no batch norm; `train` switches dropout
         features = {}
         for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
-            for index in range(1, convs + 1):
-                pad = self.input_padding if (block, index) == (1, 1) else 1
-                x = nn.Conv(
-                    width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{block}_{index}"
-                )(x)
-                x = nn.relu(x)
+
+            def stage(module, x, block=block, width=width, convs=convs):
+                for index in range(1, convs + 1):
+                    pad = module.input_padding if (block, index) == (1, 1) else 1
+                    x = nn.Conv(
+                        width,
+                        (3, 3),
+                        padding=((pad, pad), (pad, pad)),
+                        dtype=x.dtype,
+                        name=f"conv{block}_{index}",
+                    )(x)
+                    x = nn.relu(x)
+                return x
+
+            x = checkpointed(self, stage, remat)(x)
             features[f"conv{block}_{convs}"] = x
             x = max_pool(x, 2, 2, ceil_mode=self.ceil_mode)
             features[f"pool{block}"] = x
         if self.include_fc:
-            for name, size, padding in (("fc6", 7, self.fc6_padding), ("fc7", 1, "VALID")):
-                x = nn.Conv(4096, (size, size), padding=padding, name=name)(x)
-                x = nn.relu(x)
-                x = nn.Dropout(self.fc_dropout, deterministic=not train)(x)
-                features[name] = x
+
+            def fully_connected(module, x):
+                outputs = []
+                for name, size, padding in (("fc6", 7, module.fc6_padding), ("fc7", 1, "VALID")):
+                    x = nn.Conv(4096, (size, size), padding=padding, dtype=x.dtype, name=name)(x)
+                    x = nn.relu(x)
+                    x = nn.Dropout(module.fc_dropout, deterministic=not train)(x)
+                    outputs.append(x)
+                return tuple(outputs)
+
+            features["fc6"], features["fc7"] = checkpointed(self, fully_connected, remat)(x)
         return self.with_aliases(features)
