@@ -131,7 +131,7 @@ def main(argv):
                   f" {rates[-1]:.1f} img/s", flush=True)  # fmt: skip
 
     validation = run.source("validation")
-    correct, exact = 0, 0
+    correct, exact, present = 0, 0, np.zeros(SHAPE_CLASSES)
     for first in range(0, len(validation), 100):
         indices = range(first, min(first + 100, len(validation)))
         examples = [to_example(validation[i]) for i in indices]
@@ -140,7 +140,11 @@ def main(argv):
         right = predict(params, batch_stats, images) == labels
         correct += int(right.sum())
         exact += int(right.all(axis=-1).sum())
+        present += np.asarray(labels).sum(axis=0)
     accuracy = correct / (len(validation) * SHAPE_CLASSES)
+    # What answering each label's more frequent value always would score: the bar to beat.
+    frequency = present / len(validation)
+    majority = float(np.maximum(frequency, 1 - frequency).mean())
     encoder = {"params": params["encoder"], "batch_stats": batch_stats.get("encoder", {})}
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     pretrained.save_safetensors(
@@ -154,6 +158,7 @@ def main(argv):
         "dataset_seed": _SEED.value,
         "validation_accuracy": accuracy,  # per shape label
         "validation_exact_match": exact / len(validation),  # all four labels right
+        "validation_majority_baseline": majority,
         "median_images_per_second": statistics.median(rates) if rates else None,
         "minutes": (time.perf_counter() - start) / 60,
         "sha256": pretrained.file_sha256(_OUTPUT.value),
