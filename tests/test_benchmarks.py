@@ -1,0 +1,58 @@
+"""The benchmark scripts run end to end on tiny settings (their numbers are not checked:
+timing is benchmarks' job, never tests'). xla_bench and loop_vs_step: test_xla_bench.py."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO, TINY_CONFIG
+
+from jaxseg.config import load_config_file, recipes
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import input_pipeline  # noqa: E402
+import model_zoo  # noqa: E402
+
+RATE = r"\d+\.\d images/s"
+
+
+def test_input_pipeline(data_dir, capsys):
+    input_pipeline.main(f"{TINY_CONFIG}:{data_dir}", "10")
+    out = capsys.readouterr().out
+    for name in ("pipeline, 2 threads", "pipeline, 2 worker processes", "train step"):
+        assert re.search(rf"{re.escape(name)} +{RATE}", out), out
+    assert re.search(rf"full-size crops +{RATE} +\d+\.\dx the step", out), out
+
+
+def test_model_zoo_trains_the_shapes_recipes_only():
+    names = model_zoo.shapes_recipes()
+    assert "default" in names and "fcn_vgg16:8s" in names
+    for name in names:
+        file, _, argument = name.partition(":")
+        spec = f"{file}.py" + (f":{argument}" if argument else "")
+        assert spec in recipes()
+        assert load_config_file(str(REPO / "configs" / spec)).data.name == "shapes"
+    assert not any(name.startswith(("camvid", "isbi", "dsb2018")) for name in names)
+
+
+def test_predict_memory():
+    command = [sys.executable, str(REPO / "benchmarks" / "predict_memory.py")]
+    command += ["--sizes", "96", "--tile", "64", "--batch_size", "2"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout
+    header, row = out.strip().splitlines()[-2:]
+    values = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert values["size"] == "96" and int(values["tiles"]) == 4  # 2 x 2 tiles of 64
+    assert float(values["peak MiB"]) >= 0 and float(values["seconds"]) > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the bench extra (torch)")
+def test_vs_pytorch_twins_compute_the_same_function():
+    command = [sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "default"]
+    command += ["--check", "--rounds", "1", "--warmup", "1", "--variants", "jax", "torch"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch" in result.stdout and "jax" in result.stdout
+
