@@ -631,7 +631,8 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("benchmarks", nargs="*", default=list(BENCHMARKS), choices=BENCHMARKS)
+    # No `choices`: Python 3.11's argparse checks an empty "*" list against them and fails.
+    parser.add_argument("benchmarks", nargs="*", help=f"any of {list(BENCHMARKS)} (default: all)")
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -652,6 +653,10 @@ def main():
         help="then time XLA's and PyTorch's kernels for each 3x3 conv of the U-Nets",
     )
     args = parser.parse_args()
+    unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; allowed: {list(BENCHMARKS)}")
+    args.benchmarks = args.benchmarks or list(BENCHMARKS)
     # JAX's CPU client sizes its thread pool to the CPUs this process may run on.
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     print(machine_line())

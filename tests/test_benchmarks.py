@@ -55,4 +55,8 @@ def test_vs_pytorch_twins_compute_the_same_function():
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch" in result.stdout and "jax" in result.stdout
+    # No benchmark named: all of them (here only their setup: --rounds 0).
+    command = [sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "--rounds", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
 
