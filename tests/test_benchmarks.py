@@ -59,4 +59,3 @@ def test_vs_pytorch_twins_compute_the_same_function():
     command = [sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "--rounds", "0"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
-
