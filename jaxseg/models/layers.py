@@ -7,6 +7,8 @@ statistics in float32): the model sets the compute dtype once, by casting its in
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg.models.small_conv import Conv
+
 
 class ConvBNReLU(nn.Module):
     """3x3 (by default) convolution, optional batch norm, ReLU.
@@ -23,7 +25,7 @@ class ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
             padding=self.padding,

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.models.conv_transpose import conv_transpose
+from jaxseg.models.small_conv import Conv
 
 UPSAMPLE_KINDS = ("transposed", "resize")
 RESIZE_METHODS = ("bilinear", "nearest")
@@ -155,7 +156,7 @@ class ResizeUpsample(nn.Module):
         )
         if self.conv_size or features != in_features:
             size = self.conv_size or 1
-            x = nn.Conv(
+            x = Conv(
                 features,
                 (size, size),
                 padding="SAME",

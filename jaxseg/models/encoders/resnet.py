@@ -6,12 +6,13 @@ import jax.numpy as jnp
 from jaxseg.models.base import Encoder, FeatureSpec
 from jaxseg.models.layers import max_pool
 from jaxseg.models.remat import checkpointed
+from jaxseg.models.small_conv import Conv
 
 
 def _conv_bn(x, features, kernel, strides, dilation, train, name):
     """torchvision's conv (no bias, symmetric padding) + BatchNorm."""
     pad = dilation * (kernel - 1) // 2
-    x = nn.Conv(
+    x = Conv(
         features,
         (kernel, kernel),
         strides=strides,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxseg.models.base import Encoder, FeatureSpec
 from jaxseg.models.layers import max_pool
 from jaxseg.models.remat import checkpointed
+from jaxseg.models.small_conv import Conv
 
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convs) per block
 
@@ -51,7 +52,7 @@ class VGG16(Encoder):
             def stage(module, x, block=block, width=width, convs=convs):
                 for index in range(1, convs + 1):
                     pad = module.input_padding if (block, index) == (1, 1) else 1
-                    x = nn.Conv(
+                    x = Conv(
                         width,
                         (3, 3),
                         padding=((pad, pad), (pad, pad)),
@@ -70,7 +71,7 @@ class VGG16(Encoder):
             def fully_connected(module, x):
                 outputs = []
                 for name, size, padding in (("fc6", 7, module.fc6_padding), ("fc7", 1, "VALID")):
-                    x = nn.Conv(4096, (size, size), padding=padding, dtype=x.dtype, name=name)(x)
+                    x = Conv(4096, (size, size), padding=padding, dtype=x.dtype, name=name)(x)
                     x = nn.relu(x)
                     x = nn.Dropout(module.fc_dropout, deterministic=not train)(x)
                     outputs.append(x)

@@ -1,0 +1,138 @@
+"""small_conv.conv_general_dilated equals lax's (values, gradients) and avoids XLA:CPU's
+slow convolution on tiny maps."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export, lax
+
+from jaxseg.models import get_model
+from jaxseg.models.small_conv import SMALL_OUTPUT_PIXELS, Conv, conv_general_dilated
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+# (input side, kernel, stride, padding, dilation): the small maps the models meet. ResNet's
+# last stages on 64x64 images (2x2, stride-2 entry from 4x4, dilated stages), the 7x7/2
+# stem on a tiny image, VGG's fc6 (7x7 on 9x9: 3x3 out), U-Net bottlenecks, 1x1 outputs.
+CASES = [
+    pytest.param(2, 3, 1, ((1, 1), (1, 1)), 1, id="2x2-3x3"),
+    pytest.param(4, 3, 2, ((1, 1), (1, 1)), 1, id="4x4-3x3s2"),
+    pytest.param(4, 3, 1, ((2, 2), (2, 2)), 2, id="4x4-3x3-dilated2"),
+    pytest.param(3, 3, 1, "SAME", 1, id="3x3-same"),
+    pytest.param(7, 7, 2, ((3, 3), (3, 3)), 1, id="7x7-7x7s2"),
+    pytest.param(9, 7, 1, "VALID", 1, id="fc6-9x9-7x7"),
+    pytest.param(1, 3, 1, ((1, 1), (1, 1)), 1, id="1x1-3x3"),
+    pytest.param(5, 3, 2, ((0, 1), (1, 0)), 1, id="asymmetric-padding"),
+]
+
+
+def _inputs(side, kernel_size, in_features=6, out_features=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, side, side, in_features)).astype(np.float32)
+    kernel = rng.normal(size=(kernel_size, kernel_size, in_features, out_features))
+    return jnp.asarray(x), jnp.asarray(kernel.astype(np.float32))
+
+
+def _both(stride, padding, dilation):
+    def options(x, kernel):
+        numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
+        return dict(
+            window_strides=(stride, stride),
+            padding=padding,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=numbers,
+        )
+
+    def ours(x, kernel):
+        return conv_general_dilated(x, kernel, **options(x, kernel))
+
+    def reference(x, kernel):
+        return lax.conv_general_dilated(x, kernel, **options(x, kernel))
+
+    return ours, reference
+
+
+def _values_and_grads(function, x, kernel, cotangent):
+    def run(x, kernel):
+        out, vjp = jax.vjp(function, x, kernel)
+        return (out, *vjp(cotangent))
+
+    return jax.jit(run)(x, kernel)
+
+
+def _convolutions(function, *args) -> list[str]:
+    text = jax.jit(function).lower(*args).compile().as_text()
+    return [line for line in text.splitlines() if " convolution(" in line]
+
+
+@pytest.mark.parametrize("side, kernel_size, stride, padding, dilation", CASES)
+def test_values_and_gradients_equal_lax(side, kernel_size, stride, padding, dilation):
+    x, kernel = _inputs(side, kernel_size)
+    ours, reference = _both(stride, padding, dilation)
+    want_out = reference(x, kernel)
+    assert want_out.shape[1] * want_out.shape[2] <= SMALL_OUTPUT_PIXELS
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=want_out.shape), jnp.float32)
+    got = _values_and_grads(ours, x, kernel, cotangent)
+    want = _values_and_grads(reference, x, kernel, cotangent)
+    # The same products summed in another order: float32 rounding apart (measured <= 3e-7
+    # of the largest value); a wrong tap or offset is off by the values' own size.
+    for got_part, want_part in zip(got, want, strict=True):
+        want_part = np.asarray(want_part)
+        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+
+    # ...and on CPU, none of it runs as an XLA convolution (what is slow there).
+    def loss(x, kernel):
+        return jnp.sum(jnp.sin(ours(x, kernel)))
+
+    assert _convolutions(lambda x, k: jnp.sum(jnp.sin(reference(x, k))), x, kernel)
+    assert not _convolutions(jax.value_and_grad(loss, (0, 1)), x, kernel)
+
+
+def test_larger_maps_and_other_layouts_keep_xlas_convolution():
+    x, kernel = _inputs(8, 3)  # 8x8 out: XLA's own lowering is the faster one there
+    ours, _ = _both(1, "SAME", 1)
+    assert _convolutions(ours, x, kernel)
+    assert "platform_index" not in str(jax.make_jaxpr(ours)(x, kernel))
+    nchw = jnp.transpose(_inputs(2, 3)[0], (0, 3, 1, 2))
+    out = conv_general_dilated(
+        nchw, jnp.transpose(kernel, (3, 2, 0, 1)), (1, 1), "SAME", dimension_numbers=None
+    )
+    assert out.shape == (2, 5, 2, 2)
+
+
+def test_export_carries_both_forms():
+    x, kernel = _inputs(2, 3)
+    ours, reference = _both(1, "SAME", 1)
+    exported = export.export(jax.jit(ours), platforms=("cpu", "cuda"))(x, kernel)
+    module = exported.mlir_module()
+    assert "stablehlo.convolution" in module and "dot_general" in module
+    np.testing.assert_allclose(exported.call(x, kernel), reference(x, kernel), atol=1e-4)
+
+
+def test_conv_keeps_flax_parameters():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(1, 2, 2, 3)), jnp.float32)
+    reference = nn.Conv(4, (3, 3), name="conv")
+    variables = reference.init(jax.random.key(0), x)
+    ours = Conv(4, (3, 3), name="conv")
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), atol=1e-5)
+
+
+def test_resnet_on_small_images_runs_no_convolution_on_tiny_maps():
+    # FCN-8s/ResNet-18 on 64x64: layer4 is 2x2, where XLA:CPU was 100x slower than a GEMM.
+    model = get_model("fcn8s", num_classes=3, encoder="resnet18", upsample="transposed")
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = model.init(jax.random.key(0), x)
+    text = jax.jit(model.apply).lower(variables, x).compile().as_text()
+    # (output height, width, window) of every convolution; 1x1 windows are plain GEMMs.
+    found = re.findall(
+        r"= f32\[1,(\d+),(\d+),\d+\]\S* convolution\(.*window=\{size=(\d+x\d+)", text
+    )
+    assert any(window != "1x1" for _, _, window in found)  # larger maps keep XLA's conv
+    tiny = [c for c in found if int(c[0]) * int(c[1]) <= 4 and c[2] != "1x1"]
+    assert not tiny, tiny
