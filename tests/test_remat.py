@@ -98,3 +98,16 @@ def test_blocks_cut_the_temporaries_of_a_train_step():
 def test_an_unknown_remat_is_a_config_error():
     with pytest.raises(ConfigError, match=r"model.remat='layers'.*'none', 'blocks', 'convs'"):
         get_model("fcn8s", num_classes=3, remat="layers")
+
+
+def test_the_pmap_form_says_it_cannot_take_the_remat_options(caplog):
+    from jaxseg.train.parallel import PmapParallel
+
+    layout = PmapParallel(1)
+    with caplog.at_level("WARNING"):
+        layout.compile_train(lambda state, batch, rng: (state, {}), compiler_options("none", "cpu"))
+        assert not caplog.records
+        layout.compile_train(
+            lambda state, batch, rng: (state, {}), compiler_options("blocks", "cpu")
+        )
+    assert "model.remat saves no memory in the pmap form" in caplog.text

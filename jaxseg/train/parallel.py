@@ -18,6 +18,7 @@ and each carries the one place where per-device collectives are written
 
 import jax
 import numpy as np
+from absl import logging
 from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -182,8 +183,12 @@ class PmapParallel:
         )
 
     def compile_train(self, train_step, compiler_options=None):
-        # jax.pmap takes no XLA options: remat on CPU saves nothing here (remat.py).
-        del compiler_options
+        if compiler_options:  # jax.pmap takes no XLA options (remat.py)
+            logging.warning(
+                "train.parallelism='pmap' cannot pass the XLA options %s: on this backend"
+                " model.remat saves no memory in the pmap form; use parallelism='mesh'",
+                compiler_options,
+            )
         return jax.pmap(
             train_step,
             axis_name=DATA_AXIS,
