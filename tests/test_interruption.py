@@ -181,8 +181,23 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _spawned_workers(pid: int) -> list[int]:
+    """The running processes that `pid` started with multiprocessing's spawn (grain's
+    workers; not its resource tracker)."""
+    found = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read() and _running(child):
+                    found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 # A trainer's input side: it holds a workdir's lock and reads batches from 2 grain worker
-# processes; after "ready" the test sends SIGINT to its process group, then a line.
+# processes. The test sends SIGINT to its process group while the workers start, and again
+# after "ready"; then a line.
 PIPELINE_WITH_WORKERS = """
 import signal, sys, time
 import numpy as np
@@ -219,13 +234,20 @@ def test_workers_ignore_sigint_and_end_with_a_killed_trainer_whose_lock_is_taken
         text=True,
         start_new_session=True,
     )
+    # Ctrl-C while the workers start: each takes seconds to import its modules, before
+    # grain runs its init function (the one that makes it ignore the signal).
+    for _ in range(6000):
+        workers = _spawned_workers(trainer.pid)
+        if len(workers) == 2 or trainer.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert len(workers) == 2, workers
+    os.killpg(trainer.pid, signal.SIGINT)
     assert trainer.stdout.readline().strip() == "ready"
-    workers = [pid for pid in _children(trainer.pid) if _running(pid)]
-    assert len(workers) >= 2, workers  # grain's workers (and multiprocessing's tracker)
-    os.killpg(trainer.pid, signal.SIGINT)  # Ctrl-C
+    os.killpg(trainer.pid, signal.SIGINT)  # and while they serve batches
     trainer.stdin.write("go\n")
     trainer.stdin.flush()
-    assert trainer.stdout.readline().strip() == "served after SIGINT 1"
+    assert trainer.stdout.readline().strip() == "served after SIGINT 2"
     assert all(_running(pid) for pid in workers)
 
     trainer.kill()

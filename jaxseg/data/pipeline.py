@@ -13,10 +13,11 @@ grain's iterator state: a run resumed with another batch size or number of
 workers continues at the same example, skipping and repeating none.
 
 Worker processes (`num_workers` > 0) ignore SIGINT and SIGTERM (the trainer
-handles them, then stops the workers) and exit by themselves when the trainer
-is gone, however it ended (a `kill -9` included).
+handles them, then stops the workers) from the moment they start, and exit by
+themselves when the trainer is gone, however it ended (a `kill -9` included).
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -24,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing import resource_tracker
 
 import grain
 import numpy as np
@@ -179,7 +181,7 @@ def eval_dataset(
     input_padding: InputPadding | None = None,
     limit: int = 0,
     pad_to: tuple[int, int] | None = None,
-) -> grain.IterDataset:
+) -> "Batches":
     """One pass over `source` in order, in global batches.
 
     The last global batch is completed with blank examples whose mask is all
@@ -227,7 +229,7 @@ def _stack_same_size(examples: Sequence[dict]) -> dict:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
-def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDataset:
+def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> "Batches":
     iter_dataset = dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch)
     )
@@ -244,7 +246,70 @@ def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> grain.IterDatas
             ),
             worker_init_fn=_start_worker,
         )
-    return iter_dataset
+    return Batches(iter_dataset, shield_workers=loader.num_workers > 0)
+
+
+# What a trainer handles itself (jaxseg.train.preemption) and its workers must survive.
+_TRAINER_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+    """A grain dataset to iterate; with worker processes, each pass starts them shielded.
+
+    grain starts its workers (from threads it starts) while an iterator is created and
+    serves its first batch. Both happen here with SIGINT and SIGTERM blocked in this thread,
+    so those threads and the workers they spawn inherit the block until `_start_worker`
+    ignores the signals: a worker takes seconds to start (it imports the trainer's modules),
+    and one killed by an early Ctrl-C would fail the trainer before it could save. A signal
+    that arrives meanwhile stays pending and reaches the trainer once the first batch is in.
+    (CPython's multiprocessing resource tracker starts its process the same way, then
+    unblocks both signals in the thread that started it: it is started first, here.)
+    """
+
+    dataset: grain.IterDataset
+    shield_workers: bool = False
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self.shield_workers:
+            return iter(self.dataset)
+        return _ShieldedStart(self.dataset)
+
+
+class _ShieldedStart(Iterator[dict]):
+    """A grain iterator created, and its first batch taken, with the trainer's signals
+    blocked (see `Batches`); everything else is the grain iterator's own."""
+
+    def __init__(self, dataset: grain.IterDataset):
+        resource_tracker.ensure_running()
+        with _trainer_signals_blocked():
+            self._iterator = iter(dataset)
+        self._started = False
+
+    def __next__(self) -> dict:
+        if self._started:
+            return next(self._iterator)
+        with _trainer_signals_blocked():
+            batch = next(self._iterator)
+        self._started = True
+        return batch
+
+    def __getattr__(self, name):  # get_state, set_state, close
+        if name == "_iterator":  # not created (yet)
+            raise AttributeError(name)
+        return getattr(self._iterator, name)
+
+
+@contextlib.contextmanager
+def _trainer_signals_blocked():
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing is inherited to block
+        yield
+        return
+    blocked_before = signal.pthread_sigmask(signal.SIG_BLOCK, _TRAINER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked_before)
 
 
 def _start_worker(worker_index: int, worker_count: int) -> None:
@@ -253,8 +318,10 @@ def _start_worker(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
     # Ctrl-C reaches the whole process group; a worker that died of it would fail the
     # trainer's next batch before the trainer could save.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _TRAINER_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since the worker started (`Batches`)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _TRAINER_SIGNALS)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
@@ -267,8 +334,8 @@ def _exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
 
 
 def batches(dataset, state: dict | None = None) -> Iterator[dict]:
-    """An iterator over a `TrainStream` from a saved `state` ({"position": k}), or over an
-    evaluation `grain.IterDataset`."""
+    """An iterator over a `TrainStream` from a saved `state` ({"position": k}), or over
+    evaluation `Batches`."""
     if isinstance(dataset, TrainStream):
         return dataset.iterator(0 if state is None else state["position"])
     iterator = iter(dataset)

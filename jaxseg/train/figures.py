@@ -108,7 +108,9 @@ def training_curves(records: list[dict], eval_split: str, title: str = "") -> by
                 f"{record['miou']:.3f}", (step, record["miou"]), textcoords="offset points",
                 xytext=(0, 6), ha="center", fontsize=8,
             )  # fmt: skip
-    miou_axes.set(xlabel="step", ylabel="mean IoU", title=f"{eval_split.capitalize()} mean IoU", ylim=(0, 1))
+    miou_axes.set(
+        xlabel="step", ylabel="mean IoU", title=f"{eval_split.capitalize()} mean IoU", ylim=(0, 1)
+    )
     for axes in (loss_axes, miou_axes):
         axes.grid(True, alpha=0.3)
     if title:
