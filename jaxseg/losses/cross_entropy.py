@@ -1,8 +1,9 @@
-"""Per-pixel losses with an ignore label."""
+"""Softmax cross-entropy per labelled pixel (term "cross_entropy")."""
 
-import jax
 import jax.numpy as jnp
 import optax
+
+from jaxseg.losses._common import compute_dtype, pixel_weights_of
 
 
 def pixel_cross_entropy(
@@ -31,20 +32,12 @@ def pixel_cross_entropy(
     Returns:
       (total, weight_sum): scalars.
     """
-    num_classes = logits.shape[-1]
-    valid = labels != ignore_label
-    safe_labels = jnp.where(valid, labels, 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe_labels)
-    weights = valid.astype(jnp.float32)
-    if class_weights is not None:
-        class_weights = jnp.asarray(class_weights, jnp.float32)
-        if class_weights.shape != (num_classes,):
-            raise ValueError(
-                f"class_weights has shape {class_weights.shape}; expected ({num_classes},)"
-            )
-        weights = weights * class_weights[safe_labels]
-    if pixel_weights is not None:
-        weights = weights * pixel_weights
+    safe_labels, weights = pixel_weights_of(
+        logits, labels, ignore_label, class_weights, pixel_weights
+    )
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(compute_dtype(logits)), safe_labels
+    )
     return jnp.sum(weights * ce), jnp.sum(weights)
 
 
@@ -55,16 +48,4 @@ def mean_pixel_cross_entropy(
     total, weight_sum = pixel_cross_entropy(
         logits, labels, ignore_label, class_weights, pixel_weights
     )
-    return total / jnp.maximum(weight_sum, jnp.finfo(jnp.float32).tiny)
-
-
-def soft_dice_loss(logits, labels, ignore_label=255, epsilon=1.0):
-    """1 - mean over classes of the soft Dice coefficient on labelled pixels."""
-    num_classes = logits.shape[-1]
-    valid = (labels != ignore_label)[..., None].astype(jnp.float32)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * valid
-    onehot = jax.nn.one_hot(jnp.where(labels == ignore_label, 0, labels), num_classes) * valid
-    axes = tuple(range(logits.ndim - 1))
-    intersection = jnp.sum(probs * onehot, axis=axes)
-    denominator = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
-    return 1.0 - jnp.mean((2 * intersection + epsilon) / (denominator + epsilon))
+    return total / jnp.maximum(weight_sum, jnp.finfo(weight_sum.dtype).tiny)
