@@ -17,7 +17,7 @@ from absl import app, flags
 
 from jaxseg import cli
 from jaxseg.inference.files import parse_scales, parse_tile
-from jaxseg.train.evaluation import PredictionSettings, evaluate_run
+from jaxseg.evaluation.evaluate import PredictionSettings, evaluate_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.", required=True)
 _SPLIT = flags.DEFINE_string("split", None, "Split (default: the test split, else eval split).")

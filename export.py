@@ -29,7 +29,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
-    from jaxseg.train.setup import load_run
+    from jaxseg.run import load_run
 
     trained = load_run(_WORKDIR.value, _STEP.value)
     tile = parse_tile(_TILE.value) if _TILE.value else default_tile(trained.model)

@@ -50,7 +50,7 @@ def predictor_from_flags() -> Predictor:
         if _TILE.value or _STEP.value is not None:
             raise ConfigError("--tile and --step belong to --workdir: an export has its own")
         return load_exported(_EXPORTED.value).predictor(**options)
-    from jaxseg.train.setup import load_run
+    from jaxseg.run import load_run
 
     trained = load_run(_WORKDIR.value, _STEP.value)
     tile = parse_tile(_TILE.value) if _TILE.value else default_tile(trained.model)

@@ -15,24 +15,23 @@ Several processes (hosts): run the same command in each, with
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from jaxseg import cli
 from jaxseg.train.loop import train_and_evaluate
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file.")
+# Read by cli.run (jaxseg/overrides.py), with --config.KEY=VALUE; declared here for --help.
+flags.DEFINE_string("config", _DEFAULT_CONFIG, "Config file, FILE.py or FILE.py:ARGUMENT.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
 
 
-def main(argv):
+def main(argv, config, config_spec):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     cli.initialize_distributed()
-    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-    name = os.path.splitext(os.path.basename(config_path))[0]
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value or os.path.join("runs", name))
+    workdir = _WORKDIR.value or os.path.join("runs", cli.config_name(config_spec))
+    train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from loop_vs_step import bare_step_seconds
 
 from jaxseg.config import load_config_file
 from jaxseg.data.pipeline import batches, train_dataset
-from jaxseg.train.setup import build_run
+from jaxseg.run import build_run
 
 WINDOW = 5
 

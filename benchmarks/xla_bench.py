@@ -6,7 +6,7 @@
     python benchmarks/xla_bench.py --model unet --size 256,256 --batch 8 --remat none blocks
     python benchmarks/xla_bench.py --config configs/default.py --profile /tmp/trace
 
-Each config is built as training builds it (`jaxseg.train.setup.build_run`, "mesh" data
+Each config is built as training builds it (`jaxseg.run.build.build_run`, "mesh" data
 parallelism over the config's devices) and benchmarked, on synthetic data of the config's
 shapes, in two modes:
   train      the run's own train step (forward, loss, backward, optimizer update) on
@@ -79,9 +79,9 @@ from jaxseg.config import (
     use_shapes_data,
 )
 from jaxseg.inference.network import probabilities
-from jaxseg.train.setup import build_run
-from jaxseg.train.state import count_params
-from jaxseg.train.step import variables_of
+from jaxseg.run import build_run
+from jaxseg.run.state import count_params
+from jaxseg.run.step import variables_of
 
 MODES = ("train", "inference")
 MIB = 2**20

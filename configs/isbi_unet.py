@@ -45,6 +45,8 @@ def get_config():
     config.optim.warmup_steps = 50
     config.optim.weight_decay = 1e-4
 
+    config.evaluators = ("isbi2012",)  # evaluate.py adds the challenge's V_Rand and V_Info
+
     config.train.num_steps = 600
     config.train.log_every = 20
     config.train.eval_every = 200

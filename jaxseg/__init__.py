@@ -19,10 +19,10 @@ _API = {
     "model_names": "jaxseg.models",
     "model_options": "jaxseg.models",
     "register_model": "jaxseg.models",
-    "build_run": "jaxseg.train.setup",
-    "load_run": "jaxseg.train.setup",
+    "build_run": "jaxseg.run",
+    "load_run": "jaxseg.run",
     "train_and_evaluate": "jaxseg.train.loop",
-    "evaluate_run": "jaxseg.train.evaluation",
+    "evaluate_run": "jaxseg.evaluation.evaluate",
 }
 
 __all__ = sorted(_API)

@@ -16,6 +16,7 @@ predict.py, export.py):
   130  a second SIGINT (Ctrl-C) stopped training at once, without saving
 """
 
+import functools
 import os
 import sys
 
@@ -23,7 +24,7 @@ import jax
 from absl import app, flags, logging
 
 from jaxseg import errors
-from jaxseg.errors import ConfigError, JaxsegError
+from jaxseg.errors import JaxsegError
 
 # Every tool's exit statuses, here in one place (see the module docstring).
 EXIT_ERROR = errors.EXIT_ERROR
@@ -74,41 +75,28 @@ def report_error(error: JaxsegError) -> None:
     print(f"jaxseg {error.heading}:\n{error}", file=sys.stderr)
 
 
-def check_config_overrides(argv: list[str], default_config: str, flag: str = "config") -> None:
-    """Raises ConfigError for a `--config.a.b=...` that names no key of the config file, with
-    the keys allowed there (absl would fail with a bare AttributeError)."""
-    from jaxseg.config import load_config_file
-
-    spec = default_config
-    overrides = []
-    for arg in argv[1:]:
-        name, _, value = arg.lstrip("-").partition("=")
-        if name == flag and value:
-            spec = value
-        elif name.startswith(f"{flag}."):
-            overrides.append(name[len(flag) + 1 :])
-    if not overrides:
-        return
-    config = load_config_file(spec)
-    for key in overrides:
-        node, path = config, []
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                allowed = sorted(node.keys()) if hasattr(node, "keys") else []
-                where = ".".join(path) or "the config"
-                raise ConfigError(
-                    f"unknown option --{flag}.{key}: {where} has no key {part!r};"
-                    f" allowed keys there: {allowed}"
-                )
-            node, path = node[part], path + [part]
+def config_name(spec: str) -> str:
+    """"unet" for "configs/unet.py" or "configs/unet.py:argument" (a run's default workdir)."""
+    path = spec if os.path.exists(spec) else spec.partition(":")[0]
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def run(main, default_config: str | None = None) -> None:
-    """absl.app.run(main) with jaxseg's error reporting (exit statuses: module docstring)."""
+    """absl.app.run(main) with jaxseg's error reporting (exit statuses: module docstring).
+
+    With `default_config`, the tool takes a config: `--config FILE[:ARG]` (either form) and
+    `--config.KEY=VALUE` overrides are read here (jaxseg/overrides.py), before absl parses
+    the other flags, and main is called as `main(argv, config=..., config_spec=...)`.
+    """
     try:
+        argv = sys.argv
         if default_config is not None:
-            check_config_overrides(sys.argv, default_config)
-        app.run(main)
+            from jaxseg.overrides import load_config, split_config_args
+
+            spec, overrides, argv = split_config_args(sys.argv)
+            spec = spec or default_config
+            main = functools.partial(main, config=load_config(spec, overrides), config_spec=spec)
+        app.run(main, argv=argv)
     except JaxsegError as error:
         report_error(error)
         sys.exit(error.exit_status)

@@ -15,10 +15,13 @@ Groups: `model` (the network), `data` (dataset, batches, augmentation),
 order and dropout.
 """
 
+import importlib
 import importlib.util
 import inspect
+import math
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,7 +35,17 @@ from jaxseg.registry import option_parameters
 
 # Sub-dicts whose keys are checked by what consumes them (the model's and the
 # loader's constructors), not by the schema.
-OPEN_KEYS = ("model", "data.options")
+OPEN_KEYS = ("model", "data.options", "loss.options")
+# Keys that choose what an open group holds: when one changes (on the command line), the
+# group is rebuilt with the new choice's defaults (jaxseg/overrides.py).
+SELECTORS = {
+    "model.name": "model",
+    "model.encoder": "model",
+    "data.name": "data.options",
+    "loss.terms": "loss.options",
+}
+# The arguments every loss term takes from the task, not from `loss.options`.
+_TASK_ARGUMENTS = ("logits", "labels", "ignore_label", "class_weights", "pixel_weights")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -73,8 +86,9 @@ def constructor_defaults(constructor, exclude=()) -> dict:
 
 def model_config(name: str, **options) -> ml_collections.ConfigDict:
     """`config.model` for model `name`: all its constructor options, defaults overridden by
-    `options`. `encoder_options` holds the chosen encoder's options too (except for the
-    "unet" encoder, which the U-Net's own options shape). num_classes None = the dataset's."""
+    `options`. `encoder_options` holds the chosen encoder's options too, except those the
+    model sets from its own fields (the U-Net's "unet" encoder: width, depth, padding).
+    num_classes None = the dataset's."""
     from jaxseg.models import MODELS
     from jaxseg.models.encoders import ENCODERS
 
@@ -84,15 +98,23 @@ def model_config(name: str, **options) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"model {name!r} has no option(s) {unknown}; its options are {sorted(fields)}"
         )
+    given = dict(options.pop("encoder_options", None) or {})
     if "encoder_options" in fields:
         encoder = options.get("encoder", fields.get("encoder"))
-        encoder_fields = {} if encoder == "unet" else constructor_defaults(ENCODERS.get(encoder))
-        given = dict(options.pop("encoder_options", None) or {})
-        bad = sorted(set(given) - set(encoder_fields)) if encoder != "unet" else sorted(given)
+        probe = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        model = MODELS.get(name)(**(probe | {"num_classes": 1}), parent=None)
+        supplied = model.model_encoder_options()
+        encoder_fields = {
+            k: v
+            for k, v in constructor_defaults(ENCODERS.get(encoder)).items()
+            if k not in supplied
+        }
+        bad = sorted(set(given) - set(encoder_fields))
         if bad:
             raise ConfigError(
-                f"encoder {encoder!r} has no option(s) {bad}; its options are"
-                f" {sorted(encoder_fields)}"
+                f"encoder {encoder!r} has no option(s) {bad}"
+                + (f" (the model sets {sorted(supplied)})" if supplied else "")
+                + f"; its options are {sorted(encoder_fields)}"
             )
         fields["encoder_options"] = ml_collections.ConfigDict(encoder_fields | given)
     config = ml_collections.ConfigDict({"name": name, **fields})
@@ -117,6 +139,60 @@ def data_config(name: str, **options) -> ml_collections.ConfigDict:
     return config
 
 
+def parse_loss_terms(terms: str) -> tuple[tuple[str, float], ...]:
+    """(name, weight) pairs of `loss.terms`, a sum such as "cross_entropy + 0.5 * dice"."""
+    from jaxseg.losses import LOSSES
+
+    parsed = []
+    for part in terms.split("+") if terms.strip() else []:
+        weight, _, name = part.rpartition("*")
+        name = name.strip()
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            value = -1.0
+        if not name.isidentifier() or not (math.isfinite(value) and value >= 0):
+            raise ConfigError(
+                f"loss.terms={terms!r}: cannot read {part.strip()!r}; write loss names with"
+                " optional weights >= 0, e.g. 'cross_entropy + 0.5 * dice'"
+            )
+        if name not in LOSSES:
+            raise ConfigError(
+                f"loss.terms={terms!r}: unknown loss {name!r}; available: {LOSSES.names()}"
+            )
+        parsed.append((name, value))
+    if not parsed:
+        raise ConfigError(f"loss.terms is empty; available losses: {LOSSES.names()}")
+    if len({name for name, _ in parsed}) != len(parsed):
+        raise ConfigError(f"loss.terms={terms!r} names a loss twice")
+    return tuple(parsed)
+
+
+def loss_options_config(terms: str, **given) -> ml_collections.ConfigDict:
+    """`config.loss.options` for `loss.terms`: each term's options with their defaults,
+    overridden by `given` ({term: {option: value}})."""
+    from jaxseg.losses import LOSSES
+
+    config = ml_collections.ConfigDict()
+    names = [name for name, _ in parse_loss_terms(terms)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"loss.options has {unknown}, which loss.terms={terms!r} does not use")
+    for name in names:
+        fields = {
+            option: _config_value(p)
+            for option, p in option_parameters(LOSSES.get(name)).items()
+            if option not in _TASK_ARGUMENTS and p.kind is p.KEYWORD_ONLY
+        }
+        bad = sorted(set(given.get(name, {})) - set(fields))
+        if bad:
+            raise ConfigError(
+                f"loss {name!r} has no option(s) {bad}; its options are {sorted(fields)}"
+            )
+        config[name] = ml_collections.ConfigDict(fields | dict(given.get(name, {})))
+    return config
+
+
 def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.ConfigDict:
     """Every key with its default, for `model` on `dataset`."""
     from jaxseg.data.pipeline import LoaderConfig
@@ -124,6 +200,9 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
 
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Modules imported before the run is built: user code that registers models, encoders,
+    # losses, datasets, evaluators, optimizers or schedules (names, or paths of .py files).
+    config.imports = ()
     config.model = model_config(model)
 
     config.data = ml_collections.ConfigDict()
@@ -162,9 +241,14 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
     config.optim.encoder_lr_mult = 1.0  # the encoder's learning rate = this x the rest's
 
     config.loss = ml_collections.ConfigDict()
+    config.loss.terms = "cross_entropy"  # a weighted sum of losses: "cross_entropy + 0.5 * dice"
+    config.loss.options = loss_options_config(config.loss.terms)  # {term: {option: value}}
     config.loss.class_weights = "none"  # none | median_frequency
     config.loss.use_pixel_weights = False  # use the dataset's per-pixel "weight" maps
-    config.loss.dice_weight = 0.0  # adds dice_weight * soft Dice loss
+
+    # Evaluators beyond the confusion-matrix metrics (jaxseg/evaluation/evaluators.py), run
+    # by evaluate.py: e.g. ("isbi2012",) for the ISBI challenge's V_Rand and V_Info.
+    config.evaluators = ()
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 100
@@ -173,7 +257,7 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
     config.train.checkpoint_every = 0  # 0: only at the end
     config.train.keep_checkpoints = 3
     config.train.num_devices = 0  # 0: all devices; n: the first n (single process only)
-    config.train.parallelism = "mesh"  # mesh (jit + sharding) | pmap (jaxseg/train/parallel.py)
+    config.train.parallelism = "mesh"  # mesh (jit + sharding) | pmap (jaxseg/run/parallel.py)
     config.train.grid_examples = 6  # validation examples drawn in images/<split>-<step>.png
     config.train.skip_nonfinite_steps = False  # keep the state of a non-finite step, count it
     return config
@@ -199,6 +283,8 @@ def validate_config(config: ml_collections.ConfigDict, schema=None, prefix="") -
             validate_config(value, schema[key], prefix=f"{path}.")
     if not prefix:
         check_values(config)
+        options = config.loss.options
+        loss_options_config(config.loss.terms, **(options.to_dict() if options else {}))
 
 
 def use_shapes_data(config: ml_collections.ConfigDict, **options) -> None:
@@ -221,7 +307,9 @@ def shared_data(name: str = "") -> str:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`get_config([argument])` of a config file given as "path.py" or "path.py:argument"."""
+    """`get_config([argument])` of a config file given as "path.py" or "path.py:argument";
+    ConfigError for a missing file, a file without `get_config`, or an argument it does not
+    take."""
     path, _, argument = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist")
@@ -230,7 +318,57 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     )
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(*([argument] if argument else []))
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file {path} has no get_config() function")
+    arguments = [argument] if argument else []
+    try:
+        inspect.signature(get_config).bind(*arguments)
+    except TypeError:
+        raise ConfigError(
+            f"config file {path} takes no argument (get_config() has no parameter); got"
+            f" {spec!r}: use {path} alone"
+        ) from None
+    try:
+        config = get_config(*arguments)
+    except ConfigError:
+        raise
+    except (ValueError, KeyError) as e:  # e.g. an unknown variant: the file's own message
+        raise ConfigError(f"{spec}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, not a config")
+    return config
+
+
+def import_modules(config) -> None:
+    """Imports the modules named in `config.imports` (module names, or paths of .py files), so
+    that what they register (models, losses, datasets, ...) can be named in the config."""
+    for name in config.get("imports", ()):
+        if name.endswith(".py"):
+            path = os.path.abspath(name)
+            module_name = "jaxseg_user_" + re.sub(r"\W", "_", path)
+            if module_name in sys.modules:
+                continue
+            if not os.path.isfile(path):
+                raise ConfigError(f"imports: {name} does not exist")
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise  # a module the user's module imports: its own traceback
+            raise ConfigError(
+                f"imports: no module named {name!r} (is its package installed or on"
+                " PYTHONPATH? a .py file is named by its path)"
+            ) from e
 
 
 def recipes(configs_dir: str = os.path.join(REPO, "configs")) -> list[str]:
@@ -273,7 +411,20 @@ def config_from_dict(fields: dict) -> ml_collections.ConfigDict:
             else:
                 target[key] = convert(value)
 
+    fields = _migrate(fields)
     config = base_config()
     with config.unlocked():
         merge(config, fields)
     return config
+
+
+def _migrate(fields: dict) -> dict:
+    """A saved config in today's keys: runs saved before losses were named kept a
+    `loss.dice_weight` (Dice added to cross-entropy with that weight)."""
+    loss = dict(fields.get("loss", {}))
+    if "dice_weight" in loss:
+        weight = loss.pop("dice_weight")
+        loss["terms"] = f"cross_entropy + {weight!r} * dice" if weight else "cross_entropy"
+        loss["options"] = loss_options_config(loss["terms"]).to_dict()
+        fields = {**fields, "loss": loss}
+    return fields

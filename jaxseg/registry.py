@@ -1,4 +1,9 @@
-"""A name -> constructor table whose errors list what is allowed."""
+"""A name -> constructor table whose errors list what is allowed.
+
+Models, encoders, losses, datasets, evaluators, optimizers and schedules are each one
+`Registry`; user code adds to them with the decorator form (`@MODELS.register("name")`,
+or the `register_*` functions of each package) and names them in a config.
+"""
 
 import functools
 import inspect
@@ -17,10 +22,23 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Callable] = dict(entries or {})
 
-    def register(self, name: str, constructor: Callable) -> None:
+    def register(self, name: str, constructor: Callable | None = None):
+        """Adds `constructor` under `name`; without it, a decorator that does (and returns
+        what it decorates). A name already taken is a ConfigError."""
+        if constructor is None:
+            return lambda decorated: self.register(name, decorated)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a {self.kind} name must be a non-empty string, got {name!r}")
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+            raise ConfigError(
+                f"{self.kind} {name!r} is already registered ({self._entries[name]!r});"
+                " choose another name"
+            )
         self._entries[name] = constructor
+        return constructor
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
 
     def names(self) -> list[str]:
         return sorted(self._entries)

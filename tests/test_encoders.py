@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxseg.models.encoders import get_encoder
-from jaxseg.train.state import count_params
+from jaxseg.run.state import count_params
 
 
 def _shapes(encoder, size=64):

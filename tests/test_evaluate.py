@@ -11,11 +11,11 @@ import pytest
 from helpers import REPO, tiny_config
 from PIL import Image
 
-from jaxseg.train import figures, tensorboard
-from jaxseg.train.evaluation import grid_examples, predict_classes
+from jaxseg.report import figures, tensorboard
+from jaxseg.evaluation.evaluate import grid_examples, predict_classes
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.setup import build_run, load_run
-from jaxseg.train.writer import read_metrics
+from jaxseg.run import build_run, load_run
+from jaxseg.report.writer import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_figures_render_other_sizes_and_many_classes():
 def test_image_by_image_evaluation_equals_the_batched_one(run_dir):
     """The per-image path (for tiles and TTA) computes what the batched path does."""
     from jaxseg.inference import Predictor
-    from jaxseg.train.evaluation import evaluate, evaluate_images
+    from jaxseg.evaluation.evaluate import evaluate, evaluate_images
 
     workdir, _ = run_dir
     trained = load_run(workdir)
@@ -206,9 +206,10 @@ def test_evaluate_cli_with_tiles_and_tta_names_its_settings(run_dir):
 
 
 def test_membrane_data_gets_the_isbi_challenge_scores(data_dir, tmp_path):
-    """A folder dataset of membrane/cell masks: evaluation adds V_Rand and V_Info."""
+    """A folder dataset of membrane/cell masks with the "isbi2012" evaluator: evaluation adds
+    V_Rand and V_Info."""
     from jaxseg.config import data_config
-    from jaxseg.train.evaluation import evaluate_run
+    from jaxseg.evaluation.evaluate import evaluate_run
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -230,6 +231,7 @@ def test_membrane_data_gets_the_isbi_challenge_scores(data_dir, tmp_path):
         class_names=("membrane", "cell"),
     )  # fmt: skip
     config.data.eval_split = "val"
+    config.evaluators = ("isbi2012",)
     config.data.batch_size = config.data.eval_batch_size = 4
     train_and_evaluate(config, str(tmp_path / "run"))
     result = evaluate_run(str(tmp_path / "run"))

@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseg.errors import ConfigError
 from jaxseg.models import get_model
-from jaxseg.train.state import count_params
+from jaxseg.run.state import count_params
 
 
 def _abstract(model, height, width):
@@ -52,11 +53,12 @@ def test_sizes_not_divisible_by_the_stride_name_the_nearest():
         _abstract(get_model("fcn8s", num_classes=2), 70, 64)
 
 
-def test_caffe_alignment_needs_vgg16_and_transposed_convs():
-    with pytest.raises(ValueError, match="alignment='caffe' reproduces the reference VGG16"):
-        _abstract(get_model("fcn8s", num_classes=2, encoder="resnet18", alignment="caffe"), 64, 64)
-    with pytest.raises(ValueError, match="alignment='caffe' reproduces the reference VGG16"):
-        _abstract(get_model("fcn8s", num_classes=2, upsample="resize", alignment="caffe"), 64, 64)
+def test_caffe_alignment_needs_an_encoder_with_a_caffe_form_and_transposed_convs():
+    """Refused when the model is built (get_model), not at init."""
+    with pytest.raises(ConfigError, match="encoder 'resnet18' has no Caffe form \\(vgg16 has\\)"):
+        get_model("fcn8s", num_classes=2, encoder="resnet18", alignment="caffe")
+    with pytest.raises(ConfigError, match="reproduces the reference nets' transposed-conv"):
+        get_model("fcn8s", num_classes=2, upsample="resize", alignment="caffe")
 
 
 def test_score_layers_start_at_zero_and_upsamplers_bilinear():

@@ -13,8 +13,8 @@ from jaxseg.config import base_config, model_config
 from jaxseg.errors import ConfigError
 from jaxseg.models import get_model, pretrained
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.setup import load_run
-from jaxseg.train.state import make_optimizer, make_schedule
+from jaxseg.run import load_run
+from jaxseg.run.optim import make_optimizer, make_schedule
 
 
 def _optim(**overrides):

@@ -19,11 +19,11 @@ from helpers import REPO, TINY_CONFIG, tiny_config
 
 from jaxseg.errors import WorkdirLockedError
 from jaxseg.train import workdir as workdir_module
-from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.run.checkpoint import Checkpointer
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.preemption import StopSignals
 from jaxseg.train.resume import resume_or_start
-from jaxseg.train.setup import build_run, load_run
+from jaxseg.run import build_run, load_run
 from jaxseg.train.workdir import LOCK_FILE, WorkdirLock, lock_for_training
 
 # Long enough never to end by itself: these runs end by a signal.

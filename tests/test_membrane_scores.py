@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxseg.membrane_scores import isbi_scores, scores, thin_borders
+from jaxseg.evaluation.membrane_scores import isbi_scores, scores, thin_borders
 
 
 def _two_cells(width=12):

@@ -9,7 +9,7 @@ import numpy as np
 from helpers import REPO, TINY_CONFIG, tiny_config
 
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.writer import read_metrics
+from jaxseg.report.writer import read_metrics
 
 
 def _free_port():

@@ -17,10 +17,10 @@ from jaxseg.errors import ConfigError
 from jaxseg.models import get_model
 from jaxseg.models.unet import unet_input_size
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.loss_scale import LossScale, apply_scaled_gradients
-from jaxseg.train.setup import build_run, load_run
-from jaxseg.train.state import LossScaledTrainState, TrainState
-from jaxseg.train.step import variables_of
+from jaxseg.run.loss_scale import LossScale, apply_scaled_gradients
+from jaxseg.run import build_run, load_run
+from jaxseg.run.state import LossScaledTrainState, TrainState
+from jaxseg.run.step import variables_of
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 TREES = json.loads((FIXTURES / "param_trees.json").read_text())

@@ -101,7 +101,7 @@ def test_an_unknown_remat_is_a_config_error():
 
 
 def test_the_pmap_form_says_it_cannot_take_the_remat_options(caplog):
-    from jaxseg.train.parallel import PmapParallel
+    from jaxseg.run.parallel import PmapParallel
 
     layout = PmapParallel(1)
     with caplog.at_level("WARNING"):

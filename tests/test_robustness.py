@@ -16,7 +16,7 @@ import pytest
 from helpers import tiny_config
 
 from jaxseg.errors import CheckpointError, DivergedError
-from jaxseg.train.checkpoint import (
+from jaxseg.run.checkpoint import (
     INTEGRITY_FILE,
     Checkpointer,
     CheckpointMismatchError,
@@ -25,9 +25,9 @@ from jaxseg.train.checkpoint import (
 from jaxseg.train.divergence import skipping_nonfinite
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.resume import resume_or_start
-from jaxseg.train.setup import build_run, load_run
-from jaxseg.train.state import TrainState
-from jaxseg.train.writer import RunWriter, read_metrics
+from jaxseg.run import build_run, load_run
+from jaxseg.run.state import TrainState
+from jaxseg.report.writer import RunWriter, read_metrics
 
 SAVED_STEPS = [2, 4, 6]
 

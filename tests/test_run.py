@@ -12,9 +12,9 @@ import pytest
 from helpers import tiny_config
 
 from jaxseg.errors import CheckpointError, DataError, RunError
-from jaxseg.train.checkpoint import Checkpointer, CheckpointMismatchError
-from jaxseg.train.setup import build_run, load_run
-from jaxseg.train.step import variables_of
+from jaxseg.run.checkpoint import Checkpointer, CheckpointMismatchError
+from jaxseg.run import build_run, load_run
+from jaxseg.run.step import variables_of
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

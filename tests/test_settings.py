@@ -16,7 +16,7 @@ from jaxseg import cli
 from jaxseg.config import data_config, validate_config
 from jaxseg.errors import ConfigError, DataError, DivergedError, Interrupted
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.setup import build_run
+from jaxseg.run import build_run
 
 
 @pytest.mark.parametrize(

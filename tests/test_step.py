@@ -8,10 +8,11 @@ import pytest
 from helpers import tiny_config
 
 from jaxseg.config import model_config
-from jaxseg.train import parallel, reporting
-from jaxseg.train.reporting import MetricSums
-from jaxseg.train.setup import build_run
-from jaxseg.train.step import train_step
+from jaxseg.report import tables as reporting
+from jaxseg.run import parallel
+from jaxseg.report.tables import MetricSums
+from jaxseg.run import build_run
+from jaxseg.run.step import train_step
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from helpers import REPO, tiny_config
 
-from jaxseg.train.checkpoint import CheckpointMismatchError
+from jaxseg.run.checkpoint import CheckpointMismatchError
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.writer import read_metrics
+from jaxseg.report.writer import read_metrics
 
 REQUIRED_KEYS = {"step", "split", "loss", "pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class"}
 
@@ -58,7 +58,7 @@ def test_one_and_four_devices_give_the_same_loss_curve(data_dir, tmp_path):
 
 
 def _final_params(workdir, config):
-    from jaxseg.train.setup import load_run
+    from jaxseg.run import load_run
 
     trained = load_run(workdir)
     return trained.step, trained.variables["params"]

@@ -5,7 +5,7 @@ import pytest
 
 from jaxseg.models import get_model, model_names, model_options
 from jaxseg.models.unet import unet_input_size, unet_output_size, unet_tile_padding
-from jaxseg.train.state import count_params
+from jaxseg.run.state import count_params
 
 
 def _param_count(model, size):

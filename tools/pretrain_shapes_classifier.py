@@ -31,7 +31,7 @@ from jaxseg.config import base_config, use_shapes_data
 from jaxseg.data.pipeline import to_example
 from jaxseg.models import pretrained
 from jaxseg.models.encoders import get_encoder
-from jaxseg.train.setup import build_run
+from jaxseg.run import build_run
 
 _OUTPUT = flags.DEFINE_string("output", None, "The .safetensors file to write.", required=True)
 _ENCODER = flags.DEFINE_enum("encoder", "resnet18", list(pretrained.ENCODERS), "The encoder.")

@@ -17,20 +17,14 @@ At-once training (the paper's FCN-8s-at-once) scales pool4 and pool3 by
 
 from collections.abc import Mapping, Sequence
 
-import flax.linen as nn
-import jax.numpy as jnp
-
-from jaxseg.models.base import SegmentationModel
+from jaxseg.errors import ConfigError
+from jaxseg.models.base import CaffeAlignment, SegmentationModel
 from jaxseg.models.encoders import Encoder, build_encoder
 from jaxseg.models.heads import ScoreHead
-from jaxseg.models.layers import check_divisible, crop_at, score_and_sum
+from jaxseg.models.layers import crop_at, score_and_sum
 from jaxseg.models.upsample import ResizeUpsample, TransposedConvUpsample, check_upsample_kind
 
 ALIGNMENTS = ("same", "caffe")
-# Crop offsets of the reference Caffe nets (voc-fcn{32,16,8}s): skip maps by
-# name, and the final map by the stride it is upsampled from.
-CAFFE_SKIP_OFFSETS = {"pool4": 5, "pool3": 9}
-CAFFE_FINAL_OFFSETS = {32: 19, 16: 27, 8: 31}
 
 
 def default_fcn_features(encoder: Encoder) -> tuple[str, ...]:
@@ -74,36 +68,51 @@ class FCN(SegmentationModel):
     zero_init_scores: bool = True
     encoder_frozen_bn: bool = False
 
-    def _encoder(self, detached: bool = False) -> Encoder:
-        options = dict(self.encoder_options or {})
+    def check_options(self) -> None:
         if self.alignment not in ALIGNMENTS:
-            raise ValueError(f"alignment {self.alignment!r} is not one of {ALIGNMENTS}")
+            raise ConfigError(f"alignment {self.alignment!r} is not one of {ALIGNMENTS}")
         check_upsample_kind(self.upsample)
-        if self.alignment == "caffe":
-            if self.encoder != "vgg16" or self.upsample != "transposed":
-                raise ValueError(
-                    "alignment='caffe' reproduces the reference VGG16 nets with transposed-conv"
-                    f" upsampling; for encoder={self.encoder!r}, upsample={self.upsample!r} use"
-                    " alignment='same'"
-                )
-            options.update(input_padding=100, ceil_mode=True, fc6_padding="VALID")
-        return build_encoder(self.encoder, options, detached=detached)
+        if self.alignment == "caffe" and self.upsample != "transposed":
+            raise ConfigError(
+                "alignment='caffe' reproduces the reference nets' transposed-conv upsampling;"
+                f" with upsample={self.upsample!r} use alignment='same'"
+            )
 
-    def _feature_names(self, encoder: Encoder) -> tuple[str, ...]:
+    def _caffe(self) -> CaffeAlignment | None:
+        """The encoder's Caffe form with alignment="caffe" (else None)."""
+        if self.alignment != "caffe":
+            return None
+        probe = build_encoder(self.encoder, self.encoder_options, detached=True)
+        caffe = probe.caffe_alignment()
+        if caffe is None:
+            raise ConfigError(
+                f"alignment='caffe' reproduces a reference Caffe net; encoder {self.encoder!r}"
+                " has no Caffe form (vgg16 has): use alignment='same'"
+            )
+        return caffe
+
+    def model_encoder_options(self) -> dict:
+        caffe = self._caffe()
+        return dict(caffe.options) if caffe else {}
+
+    def required_features(self, encoder: Encoder) -> tuple[str, ...]:
         names = tuple(self.features or default_fcn_features(encoder))
         if not 0 <= self.num_skips < len(names):
-            raise ValueError(
+            raise ConfigError(
                 f"num_skips={self.num_skips} needs {self.num_skips + 1} features, got {names}"
             )
         names = names[: self.num_skips + 1]
         encoder.require(names, "FCN")
         if self.skip_scales is not None and len(self.skip_scales) < self.num_skips:
-            raise ValueError(
+            raise ConfigError(
                 f"skip_scales {tuple(self.skip_scales)} needs one factor per skip"
                 f" ({self.num_skips})"
             )
-        if self.alignment == "caffe" and any(n not in CAFFE_SKIP_OFFSETS for n in names[1:]):
-            raise ValueError(f"alignment='caffe' knows the crops of {sorted(CAFFE_SKIP_OFFSETS)}")
+        caffe = self._caffe()
+        if caffe and any(n not in caffe.skip_offsets for n in names[1:]):
+            raise ConfigError(
+                f"alignment='caffe' knows the crops of {sorted(caffe.skip_offsets)} only"
+            )
         return names
 
     def input_multiple(self) -> int:
@@ -112,8 +121,8 @@ class FCN(SegmentationModel):
         return self.tile_period()
 
     def tile_period(self) -> int:
-        encoder = self._encoder(detached=True)
-        return encoder.feature_strides()[self._feature_names(encoder)[0]]
+        encoder = self.build_encoder(detached=True)
+        return encoder.feature_strides()[self.required_features(encoder)[0]]
 
     def _upsample(self, factor, name):
         if self.upsample == "resize":
@@ -126,19 +135,12 @@ class FCN(SegmentationModel):
             name=name,
         )
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        height, width = x.shape[1:3]
-        caffe = self.alignment == "caffe"
-        encoder = self._encoder()
-        names = self._feature_names(encoder)
+    def decode(self, features, encoder: Encoder, input_size, train: bool):
+        """Scores the coarsest feature, then upsamples and adds each scored skip: FCN fuses
+        scores, not features, so its output is already the class scores."""
+        caffe = self._caffe()
+        names = self.required_features(encoder)
         strides = encoder.feature_strides()
-        if not caffe:
-            check_divisible(height, width, strides[names[0]], f"FCN on {self.encoder}")
-
-        features = encoder(
-            self.compute_input(x), train, frozen_bn=self.encoder_frozen_bn, remat=self.remat
-        )
         score = ScoreHead(self.num_classes, self.zero_init_scores, name="score_fr")(
             features[names[0]]
         )
@@ -151,9 +153,12 @@ class FCN(SegmentationModel):
             skip_score = ScoreHead(self.num_classes, self.zero_init_scores, name=f"score_{name}")(
                 skip
             )
-            score = score_and_sum(score, skip_score, CAFFE_SKIP_OFFSETS[name] if caffe else None)
+            score = score_and_sum(score, skip_score, caffe.skip_offsets[name] if caffe else None)
             stride = strides[name]
         score = self._upsample(stride, f"upscore{stride}")(score)
         if caffe:
-            score = crop_at(score, CAFFE_FINAL_OFFSETS[stride], height, width)
-        return score.astype(jnp.float32)
+            score = crop_at(score, caffe.final_offsets[stride], *input_size)
+        return score
+
+    def head(self, scores):
+        return scores  # the decoder's output is already scores (score_fr, score_pool4, ...)

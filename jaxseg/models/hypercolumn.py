@@ -16,9 +16,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.errors import ConfigError
 from jaxseg.models.base import SegmentationModel
-from jaxseg.models.encoders import Encoder, build_encoder
-from jaxseg.models.layers import check_divisible
+from jaxseg.models.encoders import Encoder
 from jaxseg.models.upsample import resize
 
 FUSIONS = ("sum", "concat")
@@ -80,53 +80,58 @@ class Hypercolumn(SegmentationModel):
     resize_method: str = "bilinear"
     encoder_frozen_bn: bool = False
 
-    def _encoder_and_features(self, detached: bool = False):
+    def check_options(self) -> None:
         if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+            raise ConfigError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
         if self.location_grid < 1:
-            raise ValueError(f"location_grid must be >= 1, got {self.location_grid}")
-        encoder = build_encoder(self.encoder, self.encoder_options, detached=detached)
+            raise ConfigError(f"location_grid must be >= 1, got {self.location_grid}")
+
+    def required_features(self, encoder: Encoder) -> tuple[str, ...]:
         names = tuple(self.features or default_hypercolumn_features(encoder))
         encoder.require(names, "Hypercolumn")
-        return encoder, names
+        return names
 
     def input_multiple(self) -> int:
-        encoder, names = self._encoder_and_features(detached=True)
+        encoder = self.build_encoder(detached=True)
         strides = encoder.feature_strides()
-        return int(np.lcm(max(strides[n] for n in names), self.resolution or 1))
+        coarsest = max(strides[n] for n in self.required_features(encoder))
+        return int(np.lcm(coarsest, self.resolution or 1))
 
     def position_dependent(self) -> bool:
         return self.location_grid > 1
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        encoder, names = self._encoder_and_features()
+    def decode(self, features, encoder: Encoder, input_size, train: bool):
+        """The fused, rectified hypercolumns at `resolution`."""
+        names = self.required_features(encoder)
         strides = encoder.feature_strides()
-        height, width = x.shape[1:3]
-        check_divisible(height, width, max(strides[n] for n in names), "Hypercolumn")
         resolution = self.resolution or min(strides[n] for n in names)
-        check_divisible(height, width, resolution, "Hypercolumn (resolution)")
-        out_h, out_w = height // resolution, width // resolution
-
-        x = self.compute_input(x)
-        features = encoder(x, train, frozen_bn=self.encoder_frozen_bn, remat=self.remat)
+        first = features[names[0]]
+        out_h = first.shape[1] * strides[names[0]] // resolution
+        out_w = first.shape[2] * strides[names[0]] // resolution
         columns = []
         for name in names:
             column = nn.Conv(
-                self.projection_features, (1, 1), dtype=x.dtype, name=f"project_{name}"
+                self.projection_features, (1, 1), dtype=first.dtype, name=f"project_{name}"
             )(features[name])
             columns.append(resize(column, out_h, out_w, self.resize_method))
         fused = sum(columns) if self.fusion == "sum" else jnp.concatenate(columns, axis=-1)
-        fused = nn.relu(fused)
+        return nn.relu(fused)
 
+    def head(self, fused):
+        """One classifier, or a K x K grid of them interpolated per pixel (the base resizes
+        the scores to the input with `resize_method`)."""
         grid = self.location_grid
-        scores = nn.Conv(self.num_classes * grid * grid, (1, 1), dtype=x.dtype, name="classifier")(
-            fused
-        )
+        out_h, out_w = fused.shape[1:3]
+        scores = nn.Conv(
+            self.num_classes * grid * grid, (1, 1), dtype=fused.dtype, name="classifier"
+        )(fused)
         if grid > 1:
             scores = scores.reshape(*scores.shape[:3], grid, grid, self.num_classes)
             # float32 weights would promote the scores back to float32.
-            rows = jnp.asarray(grid_interpolation_weights(out_h, grid), x.dtype)
-            cols = jnp.asarray(grid_interpolation_weights(out_w, grid), x.dtype)
+            rows = jnp.asarray(grid_interpolation_weights(out_h, grid), fused.dtype)
+            cols = jnp.asarray(grid_interpolation_weights(out_w, grid), fused.dtype)
             scores = jnp.einsum("nyxijc,yi,xj->nyxc", scores, rows, cols)
-        return resize(scores, height, width, self.resize_method).astype(jnp.float32)
+        return scores
+
+    def score_resize_method(self) -> str:
+        return self.resize_method

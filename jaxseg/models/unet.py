@@ -8,18 +8,15 @@ output size = input size.
 
 from collections.abc import Mapping
 
-import flax.linen as nn
-import jax.numpy as jnp
-
+from jaxseg.errors import ConfigError
 from jaxseg.models.base import Pads, SegmentationModel
-from jaxseg.models.encoders import Encoder, UNetEncoder, build_encoder
+from jaxseg.models.encoders import Encoder
 from jaxseg.models.layers import DoubleConv, check_divisible, crop_and_concat, nearest_valid
 from jaxseg.models.remat import checkpointed
 from jaxseg.models.upsample import (
     ResizeUpsample,
     TransposedConvUpsample,
     check_upsample_kind,
-    resize,
 )
 
 PADDINGS = ("SAME", "VALID")
@@ -148,28 +145,39 @@ class UNet(SegmentationModel):
     encoder_options: Mapping | None = None
     encoder_frozen_bn: bool = False
 
-    def _encoder(self, detached: bool = False) -> Encoder:
+    def check_options(self) -> None:
         if self.padding not in PADDINGS:
-            raise ValueError(f"padding {self.padding!r} is not one of {PADDINGS}")
+            raise ConfigError(f"padding {self.padding!r} is not one of {PADDINGS}")
         check_upsample_kind(self.upsample)
-        if self.encoder == "unet":
-            if self.encoder_options:
-                raise ValueError(
-                    "the 'unet' encoder is shaped by base_features, depth, padding"
-                    " and use_batch_norm; encoder_options must be empty"
-                )
-            placement = {"parent": None} if detached else {"name": "encoder"}
-            return UNetEncoder(
-                self.base_features, self.depth, self.padding, self.use_batch_norm, **placement
-            )
-        if self.padding != "SAME":
-            raise ValueError("the original unpadded U-Net needs encoder='unet'")
-        return build_encoder(self.encoder, self.encoder_options, detached=detached)
+        if self.padding != "SAME" and self.encoder != "unet":
+            raise ConfigError("the original unpadded U-Net needs encoder='unet'")
+
+    def model_encoder_options(self) -> dict:
+        if self.encoder != "unet":
+            return {}
+        return dict(
+            base_features=self.base_features,
+            depth=self.depth,
+            padding=self.padding,
+            use_batch_norm=self.use_batch_norm,
+        )
+
+    def check_size(self, height: int, width: int) -> None:
+        if self.padding == "VALID":
+            unet_output_size(height, self.depth, "VALID")
+            unet_output_size(width, self.depth, "VALID")
+        else:
+            check_divisible(height, width, self.input_multiple(), f"U-Net on {self.encoder}")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.padding == "VALID":
+            return unet_output_size(height, self.depth), unet_output_size(width, self.depth)
+        return height, width
 
     def input_multiple(self) -> int:
         if self.padding == "VALID":
             return 1  # input_padding makes any image a valid tile
-        return self._encoder(detached=True).max_stride()
+        return self.build_encoder(detached=True).max_stride()
 
     def tile_period(self) -> int:
         return 2**self.depth if self.padding == "VALID" else self.input_multiple()
@@ -186,20 +194,8 @@ class UNet(SegmentationModel):
             factor, features, kernel_size=2, bilinear_init=False, use_bias=True, name=name
         )
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        encoder = self._encoder()
+    def decode(self, features, encoder: Encoder, input_size, train: bool):
         strides = encoder.strides()
-        height, width = x.shape[1:3]
-        if self.padding == "VALID":
-            unet_output_size(height, self.depth, "VALID")
-            unet_output_size(width, self.depth, "VALID")
-        else:
-            check_divisible(height, width, strides[-1], f"U-Net on {self.encoder}")
-
-        features = encoder(
-            self.compute_input(x), train, frozen_bn=self.encoder_frozen_bn, remat=self.remat
-        )
         *skips, x = (features[f"stride{s}"] for s in strides)
         for level in reversed(range(len(skips))):
             # The upsampling belongs to the checkpointed block: it keeps less (remat.py).
@@ -212,7 +208,4 @@ class UNet(SegmentationModel):
                 )(x, train)
 
             x = checkpointed(self, block, self.remat)(x, skips[level])
-        scores = nn.Conv(self.num_classes, (1, 1), dtype=x.dtype, name="classifier")(x)
-        if strides[0] > 1:
-            scores = resize(scores, height, width)
-        return scores.astype(jnp.float32)
+        return x  # classified by the base's 1x1 "classifier", resized to the input if coarser

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxseg.errors import ConfigError
 from jaxseg.models import pretrained
-from jaxseg.train.state import parameter_path
+from jaxseg.run.optim import parameter_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def load_initialisation(config) -> Initialisation | None:
         record = {"encoder_weights": {"path": loaded.path, "sha256": loaded.sha256}}
         return Initialisation(record, encoder=loaded.variables)
     if from_run:
-        from jaxseg.train.setup import load_run
+        from jaxseg.run import load_run
 
         source = load_run(from_run)
         record = {"from_run": {"workdir": source.workdir, "step": source.step}}

@@ -16,18 +16,18 @@ from tqdm import tqdm
 
 from jaxseg.checks import data_warnings
 from jaxseg.errors import Interrupted, RunError
-from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.evaluation.evaluate import evaluate, report, write_curves
+from jaxseg.report.tables import MetricSums, format_table, summarize
+from jaxseg.report.writer import RunWriter
+from jaxseg.run.build import CHECKPOINTS, Run, build_run
+from jaxseg.run.checkpoint import Checkpointer
+from jaxseg.run.state import count_params
+from jaxseg.run.step import variables_of
 from jaxseg.train.divergence import DivergenceGuard
-from jaxseg.train.evaluation import evaluate, report, write_curves
 from jaxseg.train.initialise import load_initialisation
 from jaxseg.train.preemption import StopSignals
-from jaxseg.train.reporting import MetricSums, format_table, summarize
 from jaxseg.train.resume import resume_or_start
-from jaxseg.train.setup import CHECKPOINTS, Run, build_run
-from jaxseg.train.state import count_params
-from jaxseg.train.step import variables_of
 from jaxseg.train.workdir import lock_for_training
-from jaxseg.train.writer import RunWriter
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, dict]:

@@ -2,7 +2,7 @@
 changed since that checkpoint was saved.
 
 A changed model or optimizer that no longer fits the checkpoint is refused
-(jaxseg/train/checkpoint.py names the settings). Other changes are allowed and
+(jaxseg/run/checkpoint.py names the settings). Other changes are allowed and
 said: a new `train.num_steps` lays the learning-rate schedule over the new
 length; a new `data.batch_size` (or number of workers) continues the example
 stream at the first example the stopped run had not trained on.
@@ -11,8 +11,8 @@ stream at the first example the stopped run had not trained on.
 import json
 import os
 
-from jaxseg.train.checkpoint import Checkpointer
-from jaxseg.train.setup import Run
+from jaxseg.run import Run
+from jaxseg.run.checkpoint import Checkpointer
 
 # Settings whose change can make a checkpoint unusable: a mismatch error lists their changes.
 STRUCTURAL_GROUPS = ("model", "optim")

@@ -3,12 +3,19 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.base import Encoder, FeatureSpec
+from jaxseg.models.base import CaffeAlignment, Encoder, FeatureSpec
 from jaxseg.models.layers import max_pool
 from jaxseg.models.remat import checkpointed
 from jaxseg.models.small_conv import Conv
 
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convs) per block
+# The reference voc-fcn{32,16,8}s nets: conv1_1 padded by 100, ceil-mode pooling, fc6
+# unpadded, and the crop offsets Caffe computed for pool4, pool3 and the final maps.
+CAFFE = CaffeAlignment(
+    options=dict(input_padding=100, ceil_mode=True, fc6_padding="VALID"),
+    skip_offsets={"pool4": 5, "pool3": 9},
+    final_offsets={32: 19, 16: 27, 8: 31},
+)
 
 
 class VGG16(Encoder):
@@ -31,6 +38,9 @@ class VGG16(Encoder):
     input_padding: int = 1
     ceil_mode: bool = False
     fc6_padding: str = "SAME"
+
+    def caffe_alignment(self) -> CaffeAlignment:
+        return CAFFE
 
     def feature_specs(self) -> dict[str, FeatureSpec]:
         specs = {}

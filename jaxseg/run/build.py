@@ -1,36 +1,32 @@
-"""One run, one setup: `build_run(config)` builds everything a config needs, once, for the
-training loop, evaluation and the benchmarks; `load_run(workdir)` gives back a trained model
-from its checkpoint alone.
+"""config -> Run: the dataset, model, task (loss + metrics), optimizer, data streams and
+compiled steps a config describes, built once for training, evaluation and the benchmarks.
 """
 
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Sequence
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from jaxseg.checks import check_against_data
-from jaxseg.config import config_from_dict, validate_config
+from jaxseg.config import import_modules, validate_config
 from jaxseg.data import load_dataset
 from jaxseg.data.info import SegmentationInfo
 from jaxseg.data.pipeline import LoaderConfig, batches, eval_dataset, train_dataset
 from jaxseg.data.transforms import AugmentConfig
-from jaxseg.errors import ConfigError, DataError, RunError
-from jaxseg.inference import network
+from jaxseg.errors import DataError
 from jaxseg.models import SegmentationModel, get_model
 from jaxseg.models.remat import compiler_options
-from jaxseg.train import parallel
-from jaxseg.train.checkpoint import Checkpointer
-from jaxseg.train.divergence import skipping_nonfinite
-from jaxseg.train.state import TrainState, create_train_state, make_optimizer
-from jaxseg.train.step import Task, eval_step, train_step, variables_of
+from jaxseg.run import parallel
+from jaxseg.run.finite import skipping_nonfinite
+from jaxseg.run.optim import make_optimizer
+from jaxseg.run.state import TrainState, create_train_state
+from jaxseg.run.step import eval_step, train_step, variables_of
+from jaxseg.run.task import Task, build_task
 
 CHECKPOINTS = "checkpoints"
 
@@ -57,17 +53,6 @@ def init_input_shape(model: SegmentationModel, side: int = 64) -> tuple[int, int
     if pads:
         side += sum(pads[0][0])
     return (side, side, 3)
-
-
-def class_weights(loss_config, info: SegmentationInfo):
-    if loss_config.class_weights == "none":
-        return None
-    if loss_config.class_weights == "median_frequency":
-        return tuple(float(w) for w in info.median_frequency_weights())
-    raise ConfigError(
-        f"unknown loss.class_weights {loss_config.class_weights!r};"
-        " allowed: 'none', 'median_frequency'"
-    )
 
 
 def run_record(config, info: SegmentationInfo) -> dict:
@@ -186,6 +171,7 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     Returns:
       The Run; nothing is read from or written to a workdir.
     """
+    import_modules(config)
     validate_config(config)
     layout = parallel.make_parallel(
         parallelism or config.train.parallelism, config.train.num_devices
@@ -197,12 +183,7 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     sources, info = load_dataset(config.data.name, **config.data.options)
     check_against_data(config, sources, info)
     model = build_model(config.model, info.num_classes)
-    task = Task(
-        info,
-        class_weights(config.loss, info),
-        config.loss.use_pixel_weights,
-        config.loss.dice_weight,
-    )
+    task = build_task(config.loss, info)
     step_fn = functools.partial(train_step, task=task, axis=layout.axis)
     if config.train.skip_nonfinite_steps:
         step_fn = skipping_nonfinite(step_fn)
@@ -223,104 +204,3 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     )
 
 
-@dataclasses.dataclass
-class TrainedRun:
-    """A trained model loaded from a run's checkpoint (`load_run`)."""
-
-    workdir: str
-    step: int
-    config: ml_collections.ConfigDict
-    info: SegmentationInfo
-    model: SegmentationModel
-    variables: dict  # {"params", "batch_stats"}
-
-    @functools.cached_property
-    def _probabilities(self):
-        return jax.jit(functools.partial(predict_probabilities, self.model, self.info))
-
-    def predict(self, images) -> np.ndarray:
-        """Class probabilities (N, H, W, C) float32 of uint8 (N, H, W, 3) images, at the
-        input size; normalisation and the model's input padding happen inside."""
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"predict takes uint8 (N, H, W, 3) images; got {images.dtype} {images.shape}"
-            )
-        return np.asarray(self._probabilities(self.variables, images))
-
-
-def predict_probabilities(model: SegmentationModel, info: SegmentationInfo, variables, images):
-    """Softmax of the model on uint8 images of any size: padded as the model needs (mirrored),
-    predicted, cropped back to the input size. Traceable (jit per input shape)."""
-    height, width = images.shape[1:3]
-    pads = model.input_padding(height, width)
-    if pads:
-        image_pads, crop = pads
-    else:
-        multiple = model.input_multiple()
-        image_pads = ((0, -height % multiple), (0, -width % multiple))
-        crop = ((0, 0), (0, 0))
-    mode = "reflect" if min(height, width) > max(p for side in image_pads for p in side) else "edge"
-    padded = jnp.pad(images, ((0, 0), *image_pads, (0, 0)), mode=mode)
-    probabilities = network.probabilities(model, info, variables, padded)
-    top, left = crop[0][0], crop[1][0]
-    return probabilities[:, top : top + height, left : left + width]
-
-
-def load_run(workdir: str, step: int | None = None) -> TrainedRun:
-    """Loads the model variables of a run's checkpoint (the latest, or `step`).
-
-    Needs neither the dataset nor a config file: each checkpoint carries the
-    config and dataset info it was trained with. Opens the checkpoints read-only
-    and changes nothing in `workdir`.
-
-    Raises:
-      RunError: `workdir` is not a run.
-      CheckpointError: no checkpoint, no checkpoint at `step` (the error lists the
-        saved steps), or a checkpoint whose parameters do not fit its config.
-    """
-    workdir = os.path.abspath(workdir)
-    if not os.path.isdir(workdir):
-        raise RunError(f"{workdir}: no such run directory")
-    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
-        raise RunError(
-            f"{workdir} is not a jaxseg run: it has no {CHECKPOINTS}/ directory"
-            " (train.py --workdir creates one)"
-        )
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINTS), read_only=True)
-    try:
-        step = checkpointer.check_step(step)
-        config, info = _saved_config_and_info(workdir, checkpointer.meta(step))
-        model = build_model(config.model, info.num_classes)
-        abstract = jax.eval_shape(
-            model.init, jax.random.key(0, impl="rbg"), jnp.zeros((1, *init_input_shape(model)))
-        )
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = {
-            key: jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                abstract.get(key, {}),
-            )
-            for key in ("params", "batch_stats")
-        }
-        variables = checkpointer.restore_variables(
-            step, abstract, f"The model was built from the config saved with step {step}."
-        )
-    finally:
-        checkpointer.close()
-    return TrainedRun(workdir, step, config, info, model, variables)
-
-
-def _saved_config_and_info(workdir: str, meta: dict | None):
-    """(config, info) from a checkpoint's record; older checkpoints: config.json + the dataset."""
-    if meta is not None:
-        return config_from_dict(meta["config"]), SegmentationInfo.from_dict(meta["info"])
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise RunError(f"{workdir}: its checkpoints carry no config, and there is no config.json")
-    with open(path) as f:
-        fields = json.load(f)
-    fields.pop("warnings", None)  # what the run was warned of, not a config key
-    config = config_from_dict(fields)
-    _, info = load_dataset(config.data.name, **config.data.options)
-    return config, info

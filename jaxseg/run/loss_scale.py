@@ -9,7 +9,7 @@ multiplied by `factor`: the rule of PyTorch's GradScaler and jmp's DynamicLossSc
 jmp's defaults (2**15, 2000 steps, 2). bfloat16 has float32's exponent range and needs none
 of this.
 
-The scale lives in the train state (`LossScaledTrainState`, jaxseg/train/state.py) of
+The scale lives in the train state (`LossScaledTrainState`, jaxseg/run/state.py) of
 float16 models only, so float32 and bfloat16 checkpoints keep their tree.
 """
 

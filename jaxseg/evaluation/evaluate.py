@@ -1,5 +1,5 @@
 """Evaluation of a model on a split, and what it reports: metrics, a prediction grid, a
-confusion matrix. Used by the training loop and by evaluate.py alike."""
+confusion matrix, the config's evaluators. Used by the training loop and evaluate.py alike."""
 
 import dataclasses
 import functools
@@ -10,13 +10,13 @@ import numpy as np
 
 from jaxseg.data.pipeline import to_example
 from jaxseg.data.transforms import pad_to_size
+from jaxseg.evaluation.evaluators import build_evaluators
 from jaxseg.inference import Predictor
-from jaxseg.membrane_scores import isbi_scores
-from jaxseg.metrics import segmentation_metrics
-from jaxseg.train import figures
-from jaxseg.train.reporting import MetricSums, format_table, summarize
-from jaxseg.train.setup import Run, build_run, load_run, predict_probabilities
-from jaxseg.train.writer import RunWriter, read_metrics
+from jaxseg.metrics import confusion_matrix, segmentation_metrics
+from jaxseg.report import figures
+from jaxseg.report.tables import MetricSums, format_table, summarize
+from jaxseg.report.writer import RunWriter, read_metrics
+from jaxseg.run import Run, build_run, load_run, predict_probabilities
 
 
 def to_host(x) -> np.ndarray:
@@ -103,9 +103,6 @@ def write_curves(writer: RunWriter, eval_split: str, title: str) -> None:
         writer.picture("curves.png", figures.training_curves(records, eval_split, title))
 
 
-MEMBRANE_CLASSES = ("membrane", "cell")  # datasets scored as the ISBI 2012 challenge does
-
-
 @dataclasses.dataclass(frozen=True)
 class PredictionSettings:
     """How evaluate.py predicts: tiles, overlap, flip and multi-scale TTA (None: whole images,
@@ -134,39 +131,47 @@ class PredictionSettings:
         return "".join(f"-{p}" for p in parts)
 
 
-def evaluate_images(run: Run, predictor: Predictor, split: str) -> tuple[dict, np.ndarray, dict]:
+def evaluate_images(
+    run: Run, predictor: Predictor, split: str, evaluators=None
+) -> tuple[dict, np.ndarray]:
     """Evaluates image by image with `predictor` (tiles, TTA), each process a share of the
-    images. Returns (record, confusion, ISBI challenge scores for membrane data or {}).
-    The record's loss is the mean negative log probability of the true class."""
+    images, feeding each image to `evaluators` ({name: Evaluator}). Returns (record,
+    confusion). The record's loss is the mean negative log probability of the true class."""
     source = run.source(split)
     count = min(len(source), run.config.data.eval_examples or len(source))
     classes, ignore = run.info.num_classes, run.info.ignore_label
-    confusion = np.zeros(classes * classes, np.int64)
+    confusion = np.zeros((classes, classes), np.int64)
     log_loss, labelled = 0.0, 0
-    cells, true_cells = [], []
     for index in range(jax.process_index(), count, jax.process_count()):
         example = to_example(source[index])
         probabilities = np.empty((*example["mask"].shape, classes), np.float32)
-        predicted = predictor.predict(example["image"], probabilities).astype(np.int64)
+        predicted = predictor.predict(example["image"], probabilities)
         labels = example["mask"].astype(np.int64)
+        confusion += np.asarray(confusion_matrix(labels, predicted, classes, ignore), np.int64)
         valid = (labels != ignore) & (labels >= 0) & (labels < classes)
-        confusion += np.bincount(labels[valid] * classes + predicted[valid], minlength=classes**2)
         log_loss -= float(np.log(np.maximum(probabilities[valid, labels[valid]], 1e-12)).sum())
         labelled += int(valid.sum())
-        if run.info.class_names == MEMBRANE_CLASSES:
-            cells.append(probabilities[..., 1])
-            true_cells.append(labels == 1)
+        for evaluator in (evaluators or {}).values():
+            evaluator.add(probabilities, labels)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         totals = multihost_utils.process_allgather(np.array([log_loss, labelled], np.float64))
         confusion = multihost_utils.process_allgather(confusion).sum(0)
         log_loss, labelled = totals.sum(0)
-    confusion = confusion.reshape(classes, classes)
     record = {"loss": log_loss / labelled if labelled else float("nan")}
     record.update(segmentation_metrics(confusion))
-    challenge = isbi_scores(np.stack(cells), np.stack(true_cells)) if cells else {}
-    return record, confusion, challenge
+    return record, confusion
+
+
+def default_split(config, sources) -> tuple[str, str]:
+    """(split, why) evaluate.py uses when none is given: the config's test split, else the
+    dataset's "test" split, else the config's eval split."""
+    if config.data.test_split:
+        return config.data.test_split, "the config's test split"
+    if "test" in sources:
+        return "test", "the dataset's test split"
+    return config.data.eval_split, "the config's eval split; the dataset has no test split"
 
 
 def evaluate_run(
@@ -179,24 +184,27 @@ def evaluate_run(
 
     Prints the metrics table and writes RUN/eval/<split>-<step><settings>.json,
     the prediction grid and confusion matrix (RUN/images/), and RUN/curves.png.
-    Never trains, never writes a checkpoint. For membrane data (classes
-    "membrane", "cell") also the ISBI 2012 challenge's V_Rand and V_Info.
+    Never trains, never writes a checkpoint. With `config.evaluators` (e.g. "isbi2012": the
+    ISBI 2012 challenge's V_Rand and V_Info) it predicts image by image and adds their scores.
 
     Args:
       workdir: the run directory.
-      split: default: the config's test split if it has one, else its eval split.
+      split: default: `default_split` (the test split if there is one), printed.
       step: default: the latest checkpoint.
       settings: tiles and test-time augmentation (default: whole images, batched).
     """
     trained = load_run(workdir, step)
     config = trained.config
     run = build_run(config, parallelism="mesh")
-    split = split or config.data.test_split or config.data.eval_split
+    if split is None:
+        split, why = default_split(config, run.sources)
+        if jax.process_index() == 0:
+            print(f"evaluating split {split!r} ({why}; --split chooses another)")
     run.source(split)
+    evaluators = build_evaluators(config.evaluators, run.info)
     replicated = jax.sharding.NamedSharding(run.layout.mesh, jax.sharding.PartitionSpec())
     variables = jax.device_put(trained.variables, replicated)
-    challenge = {}
-    if settings.batched and run.info.class_names != MEMBRANE_CLASSES:
+    if settings.batched and not evaluators:
         record, confusion = evaluate(run, variables, split)
     else:
         predictor = Predictor(
@@ -208,7 +216,8 @@ def evaluate_run(
             flip=settings.flip,
             scales=settings.scales,
         )
-        record, confusion, challenge = evaluate_images(run, predictor, split)
+        record, confusion = evaluate_images(run, predictor, split, evaluators)
+    scores = {name: evaluator.result() for name, evaluator in evaluators.items()}
     suffix = settings.suffix()
     writer = RunWriter(trained.workdir, enabled=jax.process_index() == 0)
     writer.json(
@@ -218,7 +227,7 @@ def evaluate_run(
             "split": split,
             "settings": dataclasses.asdict(settings),
             **record,
-            **({"isbi2012": challenge} if challenge else {}),
+            **scores,
             "confusion": confusion.tolist(),
         },
     )
@@ -228,10 +237,6 @@ def evaluate_run(
     if writer.enabled:
         print(f"{split} metrics at step {trained.step}{suffix} ({trained.workdir}):")
         print(format_table({split: record}, run.info.class_names))
-        if challenge:
-            print(
-                f"ISBI 2012 scores: V_Rand {challenge['v_rand']:.4f} (threshold"
-                f" {challenge['v_rand_threshold']:g}), V_Info {challenge['v_info']:.4f}"
-                f" (threshold {challenge['v_info_threshold']:g})"
-            )
-    return {**record, **({"isbi2012": challenge} if challenge else {})}
+        for name, result in scores.items():
+            print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in result.items()))
+    return {**record, **scores}

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from jaxseg.train import tensorboard
+from jaxseg.report import tensorboard
 
 SCALARS = ("loss", "pixel_acc", "mean_acc", "miou", "fwiou", "images_per_second")
 
