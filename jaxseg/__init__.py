@@ -1,5 +1,9 @@
 """jaxseg: semantic segmentation in JAX/Flax (FCN, Hypercolumns, U-Net), data-parallel trainer.
 
+Extension points (each a registry with a decorator; name the entry in a config and list
+the module that registers it in `config.imports`): register_model, register_encoder,
+register_loss, register_dataset, register_evaluator, register_optimizer, register_schedule.
+
 The public API below is imported lazily, on first use: `import jaxseg.models`
 loads no data or training code, and `import jaxseg` loads nothing heavy.
 """
@@ -10,6 +14,18 @@ _API = {
     "SegmentationInfo": "jaxseg.data",
     "dataset_names": "jaxseg.data",
     "load_dataset": "jaxseg.data",
+    "register_dataset": "jaxseg.data",
+    "register_model": "jaxseg.models",
+    "register_encoder": "jaxseg.models",
+    "register_loss": "jaxseg.losses",
+    "loss_names": "jaxseg.losses",
+    "register_evaluator": "jaxseg.evaluation",
+    "evaluator_names": "jaxseg.evaluation",
+    "register_optimizer": "jaxseg.run.optim",
+    "register_schedule": "jaxseg.run.optim",
+    "SegmentationModel": "jaxseg.models",
+    "Encoder": "jaxseg.models",
+    "FeatureSpec": "jaxseg.models",
     "mean_pixel_cross_entropy": "jaxseg.losses",
     "pixel_cross_entropy": "jaxseg.losses",
     "soft_dice_loss": "jaxseg.losses",
@@ -18,7 +34,6 @@ _API = {
     "get_model": "jaxseg.models",
     "model_names": "jaxseg.models",
     "model_options": "jaxseg.models",
-    "register_model": "jaxseg.models",
     "build_run": "jaxseg.run",
     "load_run": "jaxseg.run",
     "train_and_evaluate": "jaxseg.train.loop",

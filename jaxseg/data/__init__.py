@@ -13,6 +13,12 @@ from jaxseg.registry import Registry
 DATASETS = Registry("dataset", {"shapes": load_shapes, "folder": load_folder, "tfds": load_tfds})
 
 
+def register_dataset(name: str):
+    """Decorator: a loader `(**options) -> ({split: source}, SegmentationInfo)` under `name`;
+    its keyword arguments (with defaults) become `config.data.options`."""
+    return DATASETS.register(name)
+
+
 def dataset_names() -> list[str]:
     return DATASETS.names()
 
@@ -22,4 +28,11 @@ def load_dataset(dataset_name: str, /, **options):
     return DATASETS.build(dataset_name, **options)
 
 
-__all__ = ["DatasetError", "SegmentationInfo", "dataset_names", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "SegmentationInfo",
+    "dataset_names",
+    "load_dataset",
+    "register_dataset",
+]

@@ -6,7 +6,8 @@ Sizes and variants are partials of one module (FCN-32s/16s/8s differ only in
 
 import functools
 
-from jaxseg.models.base import Encoder, SegmentationModel
+from jaxseg.models.base import Encoder, FeatureSpec, SegmentationModel
+from jaxseg.models.encoders import register_encoder
 from jaxseg.models.fcn import FCN
 from jaxseg.models.hypercolumn import Hypercolumn
 from jaxseg.models.unet import UNet
@@ -25,9 +26,10 @@ MODELS = Registry(
 )
 
 
-def register_model(name: str, constructor) -> None:
-    """Adds a model constructor (a Module class or a partial of one) under `name`."""
-    MODELS.register(name, constructor)
+def register_model(name: str, constructor=None):
+    """Adds a model constructor (a SegmentationModel subclass or a partial of one) under
+    `name`; without `constructor`, a class decorator that does."""
+    return MODELS.register(name, constructor)
 
 
 def model_names() -> list[str]:
@@ -47,9 +49,11 @@ def get_model(model_name: str, /, **options) -> SegmentationModel:
 __all__ = [
     "MODELS",
     "Encoder",
+    "FeatureSpec",
     "SegmentationModel",
     "get_model",
     "model_names",
     "model_options",
+    "register_encoder",
     "register_model",
 ]

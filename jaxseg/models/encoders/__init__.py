@@ -24,6 +24,12 @@ ENCODERS = Registry(
 )
 
 
+def register_encoder(name: str, constructor=None):
+    """Adds an Encoder subclass (or a partial of one) under `name`; without `constructor`, a
+    class decorator that does. Its fields become `model.encoder_options`."""
+    return ENCODERS.register(name, constructor)
+
+
 def get_encoder(encoder_name: str, /, **options) -> Encoder:
     """Builds an encoder by name; a bad name or option is a ValueError listing what is allowed."""
     return ENCODERS.build(encoder_name, **options)
@@ -36,4 +42,4 @@ def build_encoder(encoder_name: str, options=None, *, detached: bool = False) ->
     return get_encoder(encoder_name, **placement, **dict(options or {}))
 
 
-__all__ = ["ENCODERS", "Encoder", "ResNet", "UNetEncoder", "VGG16", "build_encoder", "get_encoder"]
+__all__ = ["ENCODERS", "Encoder", "ResNet", "UNetEncoder", "VGG16", "build_encoder", "get_encoder", "register_encoder"]
