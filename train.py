@@ -1,38 +1,6 @@
-"""Trains and evaluates a jaxseg config.
+"""`jaxseg train` from a checkout: see jaxseg/commands/train.py for its flags and examples."""
 
-    python train.py                                     # configs/default.py, workdir runs/default
-    python train.py --config configs/unet.py --workdir runs/unet --config.train.num_steps=500
-
-Running the same command again with the same workdir resumes from its newest intact checkpoint.
-SIGTERM or Ctrl-C saves a checkpoint and exits with status 4 (Ctrl-C twice: at once, 130);
-one workdir takes one training run at a time. Exit statuses: jaxseg/cli.py.
-
-Several processes (hosts): run the same command in each, with
-    --distributed                     on a TPU pod or SLURM (jax finds the cluster), or
-    --coordinator_address=HOST:PORT --num_processes=N --process_id=I
-"""
-
-import os
-
-from absl import app, flags
-
-from jaxseg import cli
-from jaxseg.train.loop import train_and_evaluate
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-# Read by cli.run (jaxseg/overrides.py), with --config.KEY=VALUE; declared here for --help.
-flags.DEFINE_string("config", _DEFAULT_CONFIG, "Config file, FILE.py or FILE.py:ARGUMENT.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
-
-
-def main(argv, config, config_spec):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.quiet_libraries()
-    cli.initialize_distributed()
-    workdir = _WORKDIR.value or os.path.join("runs", cli.config_name(config_spec))
-    train_and_evaluate(config, workdir)
-
+from jaxseg.commands.train import run
 
 if __name__ == "__main__":
-    cli.run(main, _DEFAULT_CONFIG)
+    run()

@@ -47,6 +47,7 @@ SELECTORS = {
 # The arguments every loss term takes from the task, not from `loss.options`.
 _TASK_ARGUMENTS = ("logits", "labels", "ignore_label", "class_weights", "pixel_weights")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # shipped
 
 
 def _config_value(parameter: inspect.Parameter):
@@ -311,8 +312,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     ConfigError for a missing file, a file without `get_config`, or an argument it does not
     take."""
     path, _, argument = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    path = _shipped_config(path)
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(
+            f"config file {path} does not exist; the shipped configs are"
+            f" {sorted(n for n in os.listdir(CONFIGS_DIR) if n.endswith('.py') and n[0] != '_')}"
+            " (--config configs/NAME.py)"
+        )
     module_spec = importlib.util.spec_from_file_location(
         os.path.splitext(os.path.basename(path))[0], path
     )
@@ -338,6 +344,15 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, not a config")
     return config
+
+
+def _shipped_config(path: str) -> str:
+    """`path`, or for "configs/NAME.py" absent here the config shipped with jaxseg (so the
+    documented commands work from any directory once jaxseg is installed)."""
+    if os.path.isfile(path) or os.path.dirname(path) not in ("", "configs"):
+        return path
+    shipped = os.path.join(CONFIGS_DIR, os.path.basename(path))
+    return shipped if os.path.isfile(shipped) else path
 
 
 def import_modules(config) -> None:
@@ -371,12 +386,12 @@ def import_modules(config) -> None:
             ) from e
 
 
-def recipes(configs_dir: str = os.path.join(REPO, "configs")) -> list[str]:
+def recipes(configs_dir: str = CONFIGS_DIR) -> list[str]:
     """Every "file.py[:argument]" whose command (`--config configs/file.py[:argument]`) a
     config file's docstring documents, in file order."""
     found = []
     for name in sorted(os.listdir(configs_dir)):
-        if not name.endswith(".py"):
+        if not name.endswith(".py") or name.startswith("_"):
             continue
         with open(os.path.join(configs_dir, name)) as f:
             docstring = f.read().split('"""')[1]

@@ -133,6 +133,7 @@ def test_evaluate_cli_reproduces_the_final_metrics_and_writes_no_checkpoint(run_
     earlier = _evaluate_cli("--workdir", workdir, "--step", "3")  # default split: test
     assert earlier.returncode == 0, earlier.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "eval", "test-3.json"))
+    assert "evaluating split 'test' (the config's test split" in earlier.stdout
 
 
 @pytest.mark.parametrize(
@@ -185,10 +186,9 @@ def test_image_by_image_evaluation_equals_the_batched_one(run_dir):
     run = build_run(trained.config, parallelism="mesh")
     batched, batched_confusion = evaluate(run, trained.variables, "validation")
     predictor = Predictor(trained.model, trained.variables, trained.info, tile=None)
-    record, confusion, challenge = evaluate_images(run, predictor, "validation")
+    record, confusion = evaluate_images(run, predictor, "validation")
     np.testing.assert_array_equal(confusion, batched_confusion)
     assert record["loss"] == pytest.approx(batched["loss"], rel=1e-4)
-    assert challenge == {}
 
 
 def test_evaluate_cli_with_tiles_and_tta_names_its_settings(run_dir):
@@ -239,3 +239,19 @@ def test_membrane_data_gets_the_isbi_challenge_scores(data_dir, tmp_path):
     for key in ("v_rand", "v_info", "v_rand_split", "v_rand_merge"):
         assert 0 <= scores[key] <= 1, key
     assert 0 <= scores["v_rand_threshold"] < 1
+
+
+def test_evaluate_defaults_to_the_test_split_the_dataset_has_and_says_so(data_dir):
+    """The built-in dataset generates a test split: evaluate.py uses it even when the config
+    names none, and prints which split it chose and why."""
+    from jaxseg.evaluation.evaluate import default_split
+
+    config = tiny_config(data_dir)
+    assert config.data.test_split == ""
+    splits = {"train": [], "validation": [], "test": []}
+    assert default_split(config, splits) == ("test", "the dataset's test split")
+    config.data.test_split = "validation"
+    assert default_split(config, splits)[0] == "validation"
+    config.data.test_split = ""
+    split, why = default_split(config, {"train": [], "validation": []})
+    assert split == "validation" and "has no test split" in why

@@ -1,0 +1,50 @@
+"""`jaxseg evaluate` (python evaluate.py): evaluates a trained run on a split of its dataset.
+
+    jaxseg evaluate --workdir runs/default                   # its test split (it says which)
+    jaxseg evaluate --workdir runs/camvid_unet --split val --step 500
+    jaxseg evaluate --workdir runs/camvid_unet --tile 368,480 --tta --scales 0.75,1,1.25
+
+Prints the metrics table and writes RUN/eval/<split>-<step>[-settings].json, the
+prediction grid and confusion matrix in RUN/images/, and RUN/curves.png. With
+--tile/--overlap/--tta/--scales it predicts as predict.py does (tiles, test-time
+augmentation; the settings go into the file name). The config's evaluators add their
+scores (the ISBI 2012 config: the challenge's V_Rand and V_Info).
+Reads the checkpoint (and the config and dataset info saved in it); never
+trains and never writes a checkpoint.
+"""
+
+from absl import app, flags
+
+from jaxseg import cli
+from jaxseg.inference.files import parse_scales, parse_tile
+from jaxseg.evaluation.evaluate import PredictionSettings, evaluate_run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.", required=True)
+_SPLIT = flags.DEFINE_string("split", None, "Split (default: the test split, else eval split).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_TILE = flags.DEFINE_string("tile", None, "H,W: predict tile by tile (default: whole images).")
+_OVERLAP = flags.DEFINE_float("overlap", None, "Fraction of a tile its neighbours share (0.25).")
+_TTA = flags.DEFINE_bool("tta", False, "Average with the horizontally flipped prediction.")
+_SCALES = flags.DEFINE_list("scales", ["1"], "Scales averaged (multi-scale TTA), e.g. 0.75,1,1.25.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_libraries()
+    cli.initialize_distributed()
+    settings = PredictionSettings(
+        tile=parse_tile(_TILE.value) if _TILE.value else None,
+        overlap=_OVERLAP.value,
+        flip=_TTA.value,
+        scales=parse_scales(_SCALES.value),
+    )
+    evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value, settings)
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

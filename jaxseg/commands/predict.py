@@ -1,0 +1,95 @@
+"""`jaxseg predict` (python predict.py): segments images of any size with a trained run (or an exported model).
+
+    jaxseg predict --workdir runs/default --input photos/ --output predictions/
+    jaxseg predict --workdir runs/camvid_unet --input 'street/*.png' --output out \
+        --tta --scales=0.75,1,1.25
+    jaxseg predict --exported model.jaxexport --input big.tif --output out --save_probs
+
+For every input image NAME.EXT it writes NAME.png (the classes as a palette PNG),
+NAME_overlay.png (unless --no_overlay) and with --save_probs NAME_probs.npy
+(float16 H x W x C). Large images are predicted tile by tile (--tile, --overlap);
+--tile=0 predicts each image whole. Existing outputs are skipped unless --overwrite.
+Exit status 0 when every image was predicted, 3 when some could not be read (they
+are listed), 2 for a jaxseg error (nothing predicted).
+"""
+
+import sys
+
+from absl import app, flags
+
+from jaxseg import cli
+from jaxseg.errors import ConfigError
+from jaxseg.inference import Predictor, default_tile
+from jaxseg.inference.files import parse_scales, parse_tile, predict_files
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
+_EXPORTED = flags.DEFINE_string("exported", None, "An exported model (export.py) instead.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_INPUT = flags.DEFINE_multi_string("input", None, "Image file, directory or glob pattern.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
+_BATCH = flags.DEFINE_integer("batch_size", 4, "Tiles per network call.")
+_TILE = flags.DEFINE_string("tile", None, "H,W of the tiles (default ~512x512); 0 = whole images.")
+_OVERLAP = flags.DEFINE_float("overlap", None, "Fraction of a tile its neighbours share (0.25).")
+_TTA = flags.DEFINE_bool("tta", False, "Average with the horizontally flipped prediction.")
+_SCALES = flags.DEFINE_list("scales", ["1"], "Scales averaged (multi-scale TTA), e.g. 0.75,1,1.25.")
+_SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write NAME_probs.npy (float16).")
+_NO_OVERLAY = flags.DEFINE_bool("no_overlay", False, "Do not write NAME_overlay.png.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Predict images whose outputs exist.")
+
+
+def predictor_from_flags() -> Predictor:
+    options = dict(
+        batch_size=_BATCH.value,
+        overlap=_OVERLAP.value,
+        flip=_TTA.value,
+        scales=parse_scales(_SCALES.value),
+    )
+    if _EXPORTED.value:
+        from jaxseg.inference.export import load_exported
+
+        if _TILE.value or _STEP.value is not None:
+            raise ConfigError("--tile and --step belong to --workdir: an export has its own")
+        return load_exported(_EXPORTED.value).predictor(**options)
+    from jaxseg.run import load_run
+
+    trained = load_run(_WORKDIR.value, _STEP.value)
+    tile = parse_tile(_TILE.value) if _TILE.value else default_tile(trained.model)
+    return Predictor(trained.model, trained.variables, trained.info, tile=tile, **options)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if bool(_WORKDIR.value) == bool(_EXPORTED.value):
+        raise ConfigError("give either --workdir (a trained run) or --exported (a model file)")
+    if not _INPUT.value or not _OUTPUT.value:
+        raise ConfigError("--input and --output are required")
+    cli.quiet_libraries()
+    predictor = predictor_from_flags()
+    summary = predict_files(
+        predictor,
+        _INPUT.value,
+        _OUTPUT.value,
+        with_overlay=not _NO_OVERLAY.value,
+        save_probabilities=_SAVE_PROBS.value,
+        overwrite=_OVERWRITE.value,
+    )
+    print(
+        f"{len(summary.predicted)} image(s) predicted into {_OUTPUT.value}"
+        f" ({summary.megapixels:.1f} megapixels in {summary.seconds:.1f} s)"
+    )
+    if summary.skipped:
+        print(f"{len(summary.skipped)} skipped: their outputs exist (--overwrite redoes them)")
+    if summary.failed:
+        print(f"{len(summary.failed)} image(s) could not be read:", file=sys.stderr)
+        for _, reason in summary.failed:  # the reason names the file
+            print(f"  {reason}", file=sys.stderr)
+        sys.exit(cli.EXIT_PARTIAL)
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
