@@ -19,7 +19,7 @@ from helpers import REPO, TINY_CONFIG, tiny_config
 
 from jaxseg.errors import WorkdirLockedError
 from jaxseg.train import workdir as workdir_module
-from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.train.checkpoint import INTEGRITY_FILE, Checkpointer
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.preemption import StopSignals
 from jaxseg.train.resume import resume_or_start
@@ -126,6 +126,46 @@ def test_a_second_ctrl_c_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# Saves one checkpoint, says so, and goes on without waiting for it (a training run).
+SAVES_AND_GOES_ON = """
+import sys, time
+import numpy as np
+from jaxseg.train.checkpoint import Checkpointer
+
+checkpointer = Checkpointer(sys.argv[1])
+checkpointer.save(1, {"w": np.arange(4096, dtype=np.float32)}, {"position": 8}, {})
+print("saving", flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_9_soon_after_a_save_has_committed_leaves_it_recorded(tmp_path):
+    """The integrity record is written as soon as the save commits, not at the next save:
+    a run killed (kill -9, OOM, power loss) a moment later leaves a verified checkpoint."""
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", SAVES_AND_GOES_ON, str(tmp_path / "checkpoints")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert trainer.stdout.readline().strip() == "saving"
+    step_dir = tmp_path / "checkpoints" / "1"
+    for _ in range(3000):  # orbax commits: the step directory takes its final name
+        if step_dir.is_dir():
+            break
+        time.sleep(0.01)
+    for _ in range(300):  # at most 3 s later
+        if (step_dir / INTEGRITY_FILE).exists():
+            break
+        time.sleep(0.01)
+    trainer.kill()
+    trainer.wait()
+    assert step_dir.is_dir() and (step_dir / INTEGRITY_FILE).exists()
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    assert checkpointer.all_steps() == [1] and checkpointer.integrity_problem(1) is None
+    checkpointer.close()
 
 
 def _free_port():

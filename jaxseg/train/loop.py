@@ -85,7 +85,9 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
         for step in range(start + 1, config.train.num_steps + 1):
             batch = next(batches)
             state, metrics = train_step(state, run.layout.put_batch(batch), run.step_rng)
-            sums.add(run.layout.global_metrics(metrics), pixels_in(batch))
+            step_sums = run.layout.global_metrics(metrics)
+            sums.add(step_sums, pixels_in(batch))
+            guard.check_resumed_step(step, step_sums)  # a restored state that fails at once
             checkpointer.check_for_errors()  # a failed asynchronous save stops the run now
             if progress.due(step, config.train.log_every):
                 record = train_record(sums.result())  # waits for the device: once per log
