@@ -13,17 +13,24 @@ predict.py, export.py):
   3    predict.py: some inputs could not be read, the others were predicted
   4    train.py: stopped by SIGTERM or SIGINT after saving a checkpoint; run the
        same command again to resume
-  130  a second SIGINT (Ctrl-C) stopped training at once, without saving
+  130  SIGINT (Ctrl-C) stopped the tool at once, saying what it left: a second one
+       while training saved its checkpoint; one before the first training step
+       (nothing new to save) or in the final evaluation (the last checkpoint is saved)
 """
 
 import os
 import sys
 
-import jax
-from absl import app, flags, logging
+from jaxseg.train import preemption
 
-from jaxseg import errors
-from jaxseg.errors import ConfigError, JaxsegError
+# Before the heavy imports: a Ctrl-C from here on stops the tool cleanly (preemption.py).
+preemption.watch_interrupts_from_start()
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from jaxseg import errors  # noqa: E402
+from jaxseg.errors import ConfigError, JaxsegError  # noqa: E402
 
 # Every tool's exit statuses, here in one place (see the module docstring).
 EXIT_ERROR = errors.EXIT_ERROR
@@ -106,6 +113,7 @@ def check_config_overrides(argv: list[str], default_config: str, flag: str = "co
 def run(main, default_config: str | None = None) -> None:
     """absl.app.run(main) with jaxseg's error reporting (exit statuses: module docstring)."""
     try:
+        preemption.arm_interrupts()  # a Ctrl-C during the imports stops here
         if default_config is not None:
             check_config_overrides(sys.argv, default_config)
         app.run(main)
@@ -113,5 +121,5 @@ def run(main, default_config: str | None = None) -> None:
         report_error(error)
         sys.exit(error.exit_status)
     except KeyboardInterrupt:
-        print("jaxseg: stopped at once (Ctrl-C twice); nothing was saved", file=sys.stderr)
+        print(f"jaxseg: {preemption.describe_interrupt()}", file=sys.stderr)
         sys.exit(EXIT_STOPPED_AT_ONCE)

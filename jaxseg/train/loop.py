@@ -41,6 +41,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
       DivergedError: the loss or state stopped being finite (nothing non-finite is saved).
       WorkdirLockedError: another training run uses `workdir`.
     """
+    StopSignals.training_starts()  # a Ctrl-C from here to the loop: nothing new to save
     run = build_run(config)
     eval_splits = [config.data.eval_split] + [config.data.test_split] * bool(config.data.test_split)
     for split in eval_splits:
