@@ -7,6 +7,7 @@ Every case works on a copy of one tiny run made once (checkpoints at steps 2, 4,
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import logging as absl_logging
 from helpers import tiny_config
 
 from jaxseg.errors import CheckpointError, DivergedError
@@ -228,6 +230,16 @@ def test_evaluating_a_damaged_checkpoint_names_it_and_changes_nothing(copy):
         load_run(str(workdir))
     assert load_run(str(workdir), step=4).step == 4
     assert _snapshot(workdir) == before
+
+
+def test_reading_a_run_logs_no_read_only_notice(trained, caplog):
+    _, workdir = trained
+    with caplog.at_level(logging.INFO):
+        assert load_run(str(workdir)).step == 6
+    assert "read only" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # other warnings still pass
+        absl_logging.warning("Given directory is read only, but this is another line")
+    assert "another line" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ the checkpoints saved after that good one are moved to
 <workdir>/diverged_checkpoints/, so that resuming starts from it.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -97,20 +98,21 @@ class Checkpointer:
         self.keep = keep
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"{self.directory}: no checkpoints directory")
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=None,  # rotated here, once the newer checkpoint is recorded
-                create=not read_only,
-                read_only=read_only,
-                save_interval_steps=0 if read_only else 1,
-            ),
-            item_handlers={
-                "state": ocp.PyTreeCheckpointHandler(),
-                "data": ocp.JsonCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            },
-        )
+        with _without_read_only_notice():
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=None,  # rotated here, once the newer checkpoint is recorded
+                    create=not read_only,
+                    read_only=read_only,
+                    save_interval_steps=0 if read_only else 1,
+                ),
+                item_handlers={
+                    "state": ocp.PyTreeCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler(),
+                },
+            )
         if not read_only and _is_first():
             _remove_unfinished_saves(self.directory)
         self._unrecorded: int | None = None  # saved, not yet settled (recorded and rotated)
@@ -567,6 +569,25 @@ def _without_fingerprint(meta: dict | None) -> dict | None:
     if not isinstance(meta, dict):
         return meta
     return {key: value for key, value in meta.items() if key != FINGERPRINT}
+
+
+# orbax warns "Given directory is read only=<path>" each time a run is read (load_run,
+# evaluate.py, predict.py): that is what was asked for. Only this line is dropped.
+_READ_ONLY_NOTICE = "Given directory is read only=%s"
+
+
+def _not_the_read_only_notice(record) -> bool:
+    return record.msg != _READ_ONLY_NOTICE
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+    logger = logging.get_absl_logger()
+    logger.addFilter(_not_the_read_only_notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_the_read_only_notice)
 
 
 def _restore_args(abstract_tree, partial: bool = False):
