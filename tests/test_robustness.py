@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 
 import jax
@@ -230,6 +231,18 @@ def test_evaluating_a_damaged_checkpoint_names_it_and_changes_nothing(copy):
         load_run(str(workdir))
     assert load_run(str(workdir), step=4).step == 4
     assert _snapshot(workdir) == before
+
+
+def test_the_wait_for_the_first_step_says_it_compiles_and_how_long(copy, data_dir, capsys):
+    _, workdir = copy
+    train_and_evaluate(tiny_config(data_dir, **{"train.num_steps": 7}), str(workdir))
+    out = capsys.readouterr().out
+    assert re.search(
+        r"Resuming from the checkpoint at step 6 .*\n(.*\n)*"
+        r"Compiling the training step \(the first step waits for it\)\.\.\.\n"
+        r"Compiled the training step in \d+\.\d s\n",
+        out,
+    ), out
 
 
 def test_reading_a_run_logs_no_read_only_notice(trained, caplog):

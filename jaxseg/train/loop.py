@@ -85,7 +85,8 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
     with StopSignals() as signals:
         for step in range(start + 1, config.train.num_steps + 1):
             batch = next(batches)
-            state, metrics = train_step(state, run.layout.put_batch(batch), run.step_rng)
+            with progress.compiling(first=step == start + 1):
+                state, metrics = train_step(state, run.layout.put_batch(batch), run.step_rng)
             step_sums = run.layout.global_metrics(metrics)
             sums.add(step_sums, pixels_in(batch))
             guard.check_resumed_step(step, step_sums)  # a restored state that fails at once
@@ -161,6 +162,18 @@ class Progress:
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.1f}")
         self.bar.update(steps)
         self.interval_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def compiling(self, first: bool):
+        """Around the call of the first step, which compiles it (up to a minute for the larger
+        models, the bar at 0): says so, then how long it took."""
+        if not first or not self.writer.enabled:
+            yield
+            return
+        self.bar.write("Compiling the training step (the first step waits for it)...")
+        start = time.perf_counter()
+        yield
+        self.bar.write(f"Compiled the training step in {time.perf_counter() - start:.1f} s")
 
     @contextlib.contextmanager
     def paused(self):
