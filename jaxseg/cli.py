@@ -13,9 +13,10 @@ predict.py, export.py):
   3    predict.py: some inputs could not be read, the others were predicted
   4    train.py: stopped by SIGTERM or SIGINT after saving a checkpoint; run the
        same command again to resume
-  130  SIGINT (Ctrl-C) stopped the tool at once, saying what it left: a second one
-       while training saved its checkpoint; one before the first training step
-       (nothing new to save) or in the final evaluation (the last checkpoint is saved)
+  130  SIGINT (Ctrl-C) stopped the tool at once, with a line saying what was saved:
+       a second Ctrl-C while training saves (that step is not saved); one while a
+       run starts up, before its first step (nothing new to save); one in the final
+       evaluation (the last checkpoint is saved); one in any other tool
 """
 
 import os
