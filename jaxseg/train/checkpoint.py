@@ -23,6 +23,8 @@ that differ from their fingerprint) is reported by name and moved to
 <workdir>/damaged_checkpoints/, and the run resumes from the newest intact
 one; if none is intact, the error lists each and nothing is moved or written.
 An unrecorded step that passes is given its record when a run resumes from it.
+(Verified, rather than passed over for the newest recorded step: a run killed in
+that moment would lose every step since, for a checkpoint almost always intact.)
 Only checkpoints older than the fingerprint with no record are unverified:
 used if orbax can restore them.
 
