@@ -29,8 +29,8 @@ import time
 import jax
 
 from jaxseg.config import REPO, load_config_file
-from jaxseg.train.loop import train_and_evaluate
 from jaxseg.run import build_run
+from jaxseg.train.loop import train_and_evaluate
 
 # config: (steps, log_every) that give ~10 log intervals in a few minutes on 2 CPU cores.
 DEFAULTS = {"configs/default.py": (120, 10), "configs/camvid_unet.py": (30, 3)}

@@ -13,18 +13,26 @@ predict.py, export.py):
   3    predict.py: some inputs could not be read, the others were predicted
   4    train.py: stopped by SIGTERM or SIGINT after saving a checkpoint; run the
        same command again to resume
-  130  a second SIGINT (Ctrl-C) stopped training at once, without saving
+  130  SIGINT (Ctrl-C) stopped the tool at once, with a line saying what was saved:
+       a second Ctrl-C while training saves (that step is not saved); one while a
+       run starts up, before its first step (nothing new to save); one in the final
+       evaluation (the last checkpoint is saved); one in any other tool
 """
 
 import functools
 import os
 import sys
 
-import jax
-from absl import app, flags, logging
+from jaxseg import preemption
 
-from jaxseg import errors
-from jaxseg.errors import JaxsegError
+# Before the heavy imports: a Ctrl-C from here on stops the tool cleanly (preemption.py).
+preemption.watch_interrupts_from_start()
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from jaxseg import errors  # noqa: E402
+from jaxseg.errors import JaxsegError  # noqa: E402
 
 # Every tool's exit statuses, here in one place (see the module docstring).
 EXIT_ERROR = errors.EXIT_ERROR
@@ -76,7 +84,7 @@ def report_error(error: JaxsegError) -> None:
 
 
 def config_name(spec: str) -> str:
-    """"unet" for "configs/unet.py" or "configs/unet.py:argument" (a run's default workdir)."""
+    """ "unet" for "configs/unet.py" or "configs/unet.py:argument" (a run's default workdir)."""
     path = spec if os.path.exists(spec) else spec.partition(":")[0]
     return os.path.splitext(os.path.basename(path))[0]
 
@@ -90,6 +98,7 @@ def run(main, default_config: str | None = None) -> None:
     """
     try:
         argv = sys.argv
+        preemption.arm_interrupts()  # a Ctrl-C during the imports stops here
         if default_config is not None:
             from jaxseg.overrides import load_config, split_config_args
 
@@ -101,5 +110,5 @@ def run(main, default_config: str | None = None) -> None:
         report_error(error)
         sys.exit(error.exit_status)
     except KeyboardInterrupt:
-        print("jaxseg: stopped at once (Ctrl-C twice); nothing was saved", file=sys.stderr)
+        print(f"jaxseg: {preemption.describe_interrupt()}", file=sys.stderr)
         sys.exit(EXIT_STOPPED_AT_ONCE)

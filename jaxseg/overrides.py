@@ -88,9 +88,7 @@ def _rebuild_group(config, selector: str) -> None:
         if selector == "model.name":
             config.model = model_config(config.model.name)
         elif selector == "model.encoder":
-            fields = {
-                k: v for k, v in config.model.items() if k not in ("name", "encoder_options")
-            }
+            fields = {k: v for k, v in config.model.items() if k not in ("name", "encoder_options")}
             config.model = model_config(config.model.name, **fields)
         elif selector == "data.name":
             config.data.options = data_config(config.data.name)
@@ -176,7 +174,7 @@ def _parse(raw, kind, current, name: str):
 
 
 def _parse_sequence(raw: str, current, name: str) -> tuple:
-    """"64,64", "(64, 64)", "[a, b]" or "" as a tuple, its items typed like the current ones."""
+    """ "64,64", "(64, 64)", "[a, b]" or "" as a tuple, its items typed like the current ones."""
     text = raw.strip()
     if text in ("", "()", "[]"):
         return ()

@@ -16,7 +16,9 @@ CASES = [
 
 def test_every_config_file_documents_its_command():
     documented = {spec.partition(":")[0] for spec in RECIPES}
-    assert documented == {p.name for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py"}
+    assert documented == {
+        p.name for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py"
+    }
 
 
 def test_there_are_configs_for_every_recipe():

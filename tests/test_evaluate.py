@@ -11,11 +11,11 @@ import pytest
 from helpers import REPO, tiny_config
 from PIL import Image
 
-from jaxseg.report import figures, tensorboard
 from jaxseg.evaluation.evaluate import grid_examples, predict_classes
-from jaxseg.train.loop import train_and_evaluate
-from jaxseg.run import build_run, load_run
+from jaxseg.report import figures, tensorboard
 from jaxseg.report.writer import read_metrics
+from jaxseg.run import build_run, load_run
+from jaxseg.train.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +178,8 @@ def test_figures_render_other_sizes_and_many_classes():
 
 def test_image_by_image_evaluation_equals_the_batched_one(run_dir):
     """The per-image path (for tiles and TTA) computes what the batched path does."""
-    from jaxseg.inference import Predictor
     from jaxseg.evaluation.evaluate import evaluate, evaluate_images
+    from jaxseg.inference import Predictor
 
     workdir, _ = run_dir
     trained = load_run(workdir)

@@ -36,7 +36,9 @@ def test_a_user_package_trains_evaluates_and_predicts_through_the_tools(tmp_path
     """The package registers all five; train.py, evaluate.py and predict.py run from a
     directory outside the repository with nothing of jaxseg edited."""
     workdir = tmp_path / "run"
-    trained = _tool("train.py", "--config", str(USER_CONFIG), "--workdir", str(workdir), cwd=tmp_path)
+    trained = _tool(
+        "train.py", "--config", str(USER_CONFIG), "--workdir", str(workdir), cwd=tmp_path
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "Model tiny_fpn" in trained.stdout and "IoU stripe" in trained.stdout
     with open(workdir / "config.json") as f:

@@ -12,9 +12,9 @@ from helpers import tiny_config
 from jaxseg.config import base_config, model_config
 from jaxseg.errors import ConfigError
 from jaxseg.models import get_model, pretrained
-from jaxseg.train.loop import train_and_evaluate
 from jaxseg.run import load_run
 from jaxseg.run.optim import make_optimizer, make_schedule
+from jaxseg.train.loop import train_and_evaluate
 
 
 def _optim(**overrides):

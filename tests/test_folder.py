@@ -140,6 +140,19 @@ def test_image_without_mask(tmp_path):
         load_dataset("folder", **options)
 
 
+def test_a_mask_without_an_image_is_named_in_a_warning(tmp_path, caplog):
+    options = _tiny_dataset(tmp_path)
+    os.rename(tmp_path / "images" / "train" / "im1.png", tmp_path / "images" / "train" / "x.png")
+    _write(tmp_path / "masks" / "train" / "x.png", np.zeros((6, 8)))
+    sources, _ = load_dataset("folder", **options)
+    assert [e.id for e in sources["train"].examples] == ["im0", "im2", "x"]
+    orphan = tmp_path / "masks" / "train" / "im1.png"
+    assert f"1 mask(s) of split 'train' have no image in {tmp_path / 'images' / 'train'}" in (
+        caplog.text
+    )
+    assert f"are not used:\n  {orphan}" in caplog.text
+
+
 def test_empty_directory(tmp_path):
     (tmp_path / "images" / "train").mkdir(parents=True)
     (tmp_path / "masks" / "train").mkdir(parents=True)

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from helpers import REPO, TINY_CONFIG, tiny_config
 
+from jaxseg import preemption
 from jaxseg.errors import WorkdirLockedError
-from jaxseg.train import workdir as workdir_module
-from jaxseg.run.checkpoint import Checkpointer
-from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.preemption import StopSignals
-from jaxseg.train.resume import resume_or_start
+from jaxseg.preemption import StopSignals
 from jaxseg.run import build_run, load_run
+from jaxseg.run.checkpoint import INTEGRITY_FILE, Checkpointer
+from jaxseg.train import workdir as workdir_module
+from jaxseg.train.loop import train_and_evaluate
+from jaxseg.train.resume import resume_or_start
 from jaxseg.train.workdir import LOCK_FILE, WorkdirLock, lock_for_training
 
 # Long enough never to end by itself: these runs end by a signal.
@@ -126,6 +127,107 @@ def test_a_second_ctrl_c_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# Saves one checkpoint, says so, and goes on without waiting for it (a training run).
+SAVES_AND_GOES_ON = """
+import sys, time
+import numpy as np
+from jaxseg.run.checkpoint import Checkpointer
+
+checkpointer = Checkpointer(sys.argv[1])
+checkpointer.save(1, {"w": np.arange(4096, dtype=np.float32)}, {"position": 8}, {})
+print("saving", flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_9_soon_after_a_save_has_committed_leaves_it_recorded(tmp_path):
+    """The integrity record is written as soon as the save commits, not at the next save:
+    a run killed (kill -9, OOM, power loss) a moment later leaves a verified checkpoint."""
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", SAVES_AND_GOES_ON, str(tmp_path / "checkpoints")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert trainer.stdout.readline().strip() == "saving"
+    step_dir = tmp_path / "checkpoints" / "1"
+    for _ in range(3000):  # orbax commits: the step directory takes its final name
+        if step_dir.is_dir():
+            break
+        time.sleep(0.01)
+    for _ in range(300):  # at most 3 s later
+        if (step_dir / INTEGRITY_FILE).exists():
+            break
+        time.sleep(0.01)
+    trainer.kill()
+    trainer.wait()
+    assert step_dir.is_dir() and (step_dir / INTEGRITY_FILE).exists()
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    assert checkpointer.all_steps() == [1] and checkpointer.integrity_problem(1) is None
+    checkpointer.close()
+
+
+@pytest.fixture
+def start_up_handler(monkeypatch):
+    """The SIGINT handler the tools install before their imports, with fresh state."""
+    monkeypatch.setattr(preemption, "_early", {"phase": "importing", "pending": 0, "second": False})
+    previous = signal.signal(signal.SIGINT, preemption._on_early_interrupt)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_while_a_tool_imports_stops_it_once_it_can(start_up_handler):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)  # noted, not raised: a KeyboardInterrupt in an import is a traceback
+    with pytest.raises(KeyboardInterrupt):
+        preemption.arm_interrupts()  # cli.run's first step
+
+
+def test_a_ctrl_c_while_a_run_starts_up_waits_for_a_safe_point(start_up_handler, capfd):
+    """Never raised where it arrives (once inside JAX's `_xla_gc_callback`, which swallowed
+    it: the run trained to its end); the run stops before its first step."""
+    preemption.arm_interrupts()
+    StopSignals.training_starts()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)
+    assert "SIGINT: stopping at the next safe point" in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals():
+            pytest.fail("the loop began")
+    assert preemption.describe_interrupt().startswith("stopped by Ctrl-C before the first")
+    with pytest.raises(KeyboardInterrupt):  # a second one stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+
+
+def test_one_ctrl_c_while_train_py_starts_up_stops_it_cleanly(data_dir, tmp_path):
+    """Ctrl-C once, in the seconds before the first step (restoring, compiling): the run
+    stops, saying so, and leaves nothing behind."""
+    build_run(tiny_config(data_dir))  # builds the dataset once, first
+    workdir = tmp_path / "run"
+    trainer = _train_py(workdir, data_dir, *ENDLESS, start_new_session=True)
+    for _ in range(6000):  # the lock is taken after the data is built, before compiling
+        if (workdir / LOCK_FILE).exists() or trainer.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert (workdir / LOCK_FILE).exists()
+    os.killpg(trainer.pid, signal.SIGINT)
+    _, stderr = trainer.communicate(timeout=300)
+    assert "Traceback" not in stderr and "Ctrl-C twice" not in stderr, stderr[-3000:]
+    checkpoints = workdir / "checkpoints"
+    saved = [n for n in os.listdir(checkpoints) if n.isdigit()] if checkpoints.exists() else []
+    if trainer.returncode == 130:  # it stopped before the first step (almost always)
+        assert (
+            "\njaxseg: stopped by Ctrl-C before the first training step; there was nothing new"
+            " to save\n"
+        ) in stderr
+        assert saved == []
+    else:  # Python could not raise it where it arrived: the loop saved at the first step
+        assert trainer.returncode == 4, stderr[-3000:]
+        assert saved == [str(_saved_step(stderr))]
+    assert LOCK_FILE not in os.listdir(workdir)
 
 
 def _free_port():

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 from helpers import REPO, TINY_CONFIG, tiny_config
 
-from jaxseg.train.loop import train_and_evaluate
 from jaxseg.report.writer import read_metrics
+from jaxseg.train.loop import train_and_evaluate
 
 
 def _free_port():

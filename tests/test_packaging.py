@@ -25,7 +25,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains_and_predicts(data_dir, 
     # Built from a copy (setuptools leaves build/ beside the sources), without build
     # isolation: the test environment's setuptools, no download.
     source = tmp_path / "source"
-    shutil.copytree(REPO / "jaxseg", source / "jaxseg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "jaxseg", source / "jaxseg", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     _run(

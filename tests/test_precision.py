@@ -16,11 +16,11 @@ from helpers import tiny_config
 from jaxseg.errors import ConfigError
 from jaxseg.models import get_model
 from jaxseg.models.unet import unet_input_size
-from jaxseg.train.loop import train_and_evaluate
-from jaxseg.run.loss_scale import LossScale, apply_scaled_gradients
 from jaxseg.run import build_run, load_run
+from jaxseg.run.loss_scale import LossScale, apply_scaled_gradients
 from jaxseg.run.state import LossScaledTrainState, TrainState
 from jaxseg.run.step import variables_of
+from jaxseg.train.loop import train_and_evaluate
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 TREES = json.loads((FIXTURES / "param_trees.json").read_text())

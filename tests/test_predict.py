@@ -21,8 +21,8 @@ from jaxseg.inference import Predictor
 from jaxseg.inference.export import ExportError, export_model, load_exported
 from jaxseg.inference.files import predict_files
 from jaxseg.models import get_model
-from jaxseg.run.checkpoint import Checkpointer
 from jaxseg.run import build_run, load_run
+from jaxseg.run.checkpoint import Checkpointer
 
 
 @pytest.fixture(scope="module")

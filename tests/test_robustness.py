@@ -4,30 +4,34 @@ that diverges stops without saving a non-finite state, and what changes on resum
 
 Every case works on a copy of one tiny run made once (checkpoints at steps 2, 4, 6)."""
 
+import contextlib
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import logging as absl_logging
 from helpers import tiny_config
 
 from jaxseg.errors import CheckpointError, DivergedError
+from jaxseg.report.writer import RunWriter, read_metrics
+from jaxseg.run import build_run, load_run
 from jaxseg.run.checkpoint import (
     INTEGRITY_FILE,
     Checkpointer,
     CheckpointMismatchError,
     DamagedCheckpointError,
 )
+from jaxseg.run.state import TrainState
 from jaxseg.train.divergence import skipping_nonfinite
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.resume import resume_or_start
-from jaxseg.run import build_run, load_run
-from jaxseg.run.state import TrainState
-from jaxseg.report.writer import RunWriter, read_metrics
 
 SAVED_STEPS = [2, 4, 6]
 
@@ -155,6 +159,55 @@ def test_an_unverified_checkpoint_that_cannot_be_read_is_set_aside(copy, capsys)
     assert "Traceback" not in out and len(out.splitlines()) < 10
 
 
+def test_an_unrecorded_checkpoint_is_verified_by_its_fingerprint(copy, capsys):
+    """A run killed between a save's commit and its integrity record: the fingerprint saved
+    in the checkpoint verifies it. An intact one is resumed from and given its record; a
+    flipped bit is found and the step set aside."""
+    run, workdir = copy
+    step_dir = workdir / "checkpoints" / "6"
+    (step_dir / INTEGRITY_FILE).unlink()
+    _, _, start, _ = _resume(run, workdir)
+    assert start == 6 and (step_dir / INTEGRITY_FILE).exists()
+    checkpointer = Checkpointer(str(workdir / "checkpoints"), read_only=True)
+    assert checkpointer.integrity_problem(6) is None
+    checkpointer.close()
+
+    (step_dir / INTEGRITY_FILE).unlink()
+    _flip_a_bit(step_dir)
+    capsys.readouterr()
+    state, _, start, _ = _resume(run, workdir)
+    out = capsys.readouterr().out
+    assert start == 4 and int(state.step) == 4
+    assert (
+        f"The checkpoint at step 6 in {workdir / 'checkpoints'} is damaged: its arrays differ"
+        " from those saved (checksum of state/"
+    ) in out
+    assert os.path.isdir(workdir / "damaged_checkpoints" / "6")
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
+def test_a_restored_state_that_fails_at_once_is_named_not_the_learning_rate(copy, data_dir):
+    """A checkpoint whose state is finite but gives a non-finite loss at the first step: the
+    message names it (that loss comes before any update) and sets it aside."""
+    run, workdir = copy
+    state, batches, _, _ = _resume(run, workdir)
+    huge = state.replace(params=jax.tree.map(lambda p: p * 1e30, state.params))
+    with contextlib.closing(Checkpointer(str(workdir / "checkpoints"))) as checkpointer:
+        checkpointer.save(8, huge, batches.get_state(), run.record())
+    with pytest.raises(DivergedError) as error:
+        train_and_evaluate(tiny_config(data_dir, **{"train.num_steps": 10}), str(workdir))
+    message = str(error.value)
+    assert (
+        "the training loss is not finite in step 9, the first step after resuming from the"
+        f" checkpoint at step 8 in {workdir / 'checkpoints'}"
+    ) in message
+    assert "the checkpoint is the likely cause, not the learning rate" in message
+    assert f"step 8 to {workdir / 'diverged_checkpoints' / '8'}" in message
+    assert "Run the same command again to resume from step 6" in message
+    assert "learning_rate (now" not in message and "last good checkpoint is step 8" not in message
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]  # 2: rotated out by 8
+
+
 def test_with_no_intact_checkpoint_nothing_is_moved_or_written(copy):
     run, workdir = copy
     for step in SAVED_STEPS:
@@ -178,6 +231,28 @@ def test_evaluating_a_damaged_checkpoint_names_it_and_changes_nothing(copy):
         load_run(str(workdir))
     assert load_run(str(workdir), step=4).step == 4
     assert _snapshot(workdir) == before
+
+
+def test_the_wait_for_the_first_step_says_it_compiles_and_how_long(copy, data_dir, capsys):
+    _, workdir = copy
+    train_and_evaluate(tiny_config(data_dir, **{"train.num_steps": 7}), str(workdir))
+    out = capsys.readouterr().out
+    assert re.search(
+        r"Resuming from the checkpoint at step 6 .*\n(.*\n)*"
+        r"Compiling the training step \(the first step waits for it\)\.\.\.\n"
+        r"Compiled the training step in \d+\.\d s\n",
+        out,
+    ), out
+
+
+def test_reading_a_run_logs_no_read_only_notice(trained, caplog):
+    _, workdir = trained
+    with caplog.at_level(logging.INFO):
+        assert load_run(str(workdir)).step == 6
+    assert "read only" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # other warnings still pass
+        absl_logging.warning("Given directory is read only, but this is another line")
+    assert "another line" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import pytest
 from helpers import tiny_config
 
 from jaxseg.errors import CheckpointError, DataError, RunError
-from jaxseg.run.checkpoint import Checkpointer, CheckpointMismatchError
 from jaxseg.run import build_run, load_run
+from jaxseg.run.checkpoint import Checkpointer, CheckpointMismatchError
 from jaxseg.run.step import variables_of
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -89,9 +89,10 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_refused(trained, tmp_path)
     meta_file = copy / "checkpoints" / "3" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta["config"]["model"]["base_features"] = 4
+    del meta["fingerprint"]
     meta_file.write_text(json.dumps(meta))
-    # As saved by a run that was stopped before it recorded the checkpoint's integrity
-    # (with the record, the edit above would make it a damaged checkpoint).
+    # As saved by a run that was stopped before it recorded the checkpoint's integrity, by
+    # code that saved no fingerprint (with either, the edit above would make it damaged).
     (copy / "checkpoints" / "3" / "jaxseg_integrity.json").unlink()
     before = _snapshot(copy)
     with pytest.raises(

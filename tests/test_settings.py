@@ -12,11 +12,11 @@ import pytest
 from helpers import REPO, load_config, tiny_config
 from PIL import Image
 
-from jaxseg import cli
+from jaxseg import cli, preemption
 from jaxseg.config import data_config, validate_config
 from jaxseg.errors import ConfigError, DataError, DivergedError, Interrupted
-from jaxseg.train.loop import train_and_evaluate
 from jaxseg.run import build_run
+from jaxseg.train.loop import train_and_evaluate
 
 
 @pytest.mark.parametrize(
@@ -173,6 +173,21 @@ def test_jaxseg_errors_print_a_heading_and_message_with_their_exit_status(
     assert code == status and "Traceback (most recent call last)" in err and heading in err
 
 
-def test_a_second_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "phase, second, said",
+    [
+        ("importing", False, "stopped by Ctrl-C"),
+        ("starting", False, "stopped by Ctrl-C before the first training step; there was"),
+        ("starting", True, "stopped at once (Ctrl-C twice), without saving that step"),
+        ("trained", False, "stopped by Ctrl-C after training (its last checkpoint is saved)"),
+    ],
+    ids=["other_tool", "start_up", "second", "final_evaluation"],
+)
+def test_ctrl_c_exits_130_saying_what_was_saved_without_a_traceback(
+    monkeypatch, capsys, phase, second, said
+):
+    state = {"phase": phase, "pending": 0, "second": second}
+    monkeypatch.setattr(preemption, "_early", state)
+    monkeypatch.setattr(preemption, "arm_interrupts", lambda: None)  # keeps the phase
     code, err = _exit_of(_raising(KeyboardInterrupt()), monkeypatch, capsys)
-    assert code == 130 and err == "jaxseg: stopped at once (Ctrl-C twice); nothing was saved\n"
+    assert code == 130 and err.startswith(f"jaxseg: {said}") and len(err.splitlines()) == 1

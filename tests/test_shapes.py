@@ -47,6 +47,18 @@ def test_rebuilding_in_another_dir_gives_identical_data(data_dir, tmp_path):
         np.testing.assert_array_equal(first["train"][index]["mask"], second["train"][index]["mask"])
 
 
+def test_generating_says_so_in_one_line_without_tfds_download_words_or_bars(tmp_path, capfd):
+    load_shapes(str(tmp_path), image_size=16, num_train=4, num_validation=2, num_test=2)
+    out, err = capfd.readouterr()
+    assert out == (
+        "jaxseg: generating its built-in shapes dataset (8 images of 16x16; nothing is"
+        f" downloaded) in {tmp_path / 'jaxseg_shapes'}/s16_n4-2-2_seed0/1.0.0, once\n"
+    )
+    assert "Downloading" not in out + err and "Shuffling" not in err and "%|" not in err
+    load_shapes(str(tmp_path), image_size=16, num_train=4, num_validation=2, num_test=2)
+    assert capfd.readouterr().out == ""  # read back: nothing said
+
+
 def test_colour_alone_does_not_solve_it():
     """A per-pixel (1x1 conv) classifier, fitted on colours, cannot tell the shapes apart."""
     rng = np.random.default_rng(0)

@@ -9,9 +9,8 @@ from helpers import tiny_config
 
 from jaxseg.config import model_config
 from jaxseg.report import tables as reporting
-from jaxseg.run import parallel
 from jaxseg.report.tables import MetricSums
-from jaxseg.run import build_run
+from jaxseg.run import build_run, parallel
 from jaxseg.run.step import train_step
 
 

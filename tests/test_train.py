@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from helpers import REPO, tiny_config
 
+from jaxseg.report.writer import read_metrics
 from jaxseg.run.checkpoint import CheckpointMismatchError
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.report.writer import read_metrics
 
 REQUIRED_KEYS = {"step", "split", "loss", "pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class"}
 

@@ -7,8 +7,7 @@ import sys
 
 COMMANDS = ("train", "evaluate", "predict", "export")
 USAGE = (
-    "usage: jaxseg {train,evaluate,predict,export} [flags]   (jaxseg COMMAND --help for its"
-    " flags)"
+    "usage: jaxseg {train,evaluate,predict,export} [flags]   (jaxseg COMMAND --help for its flags)"
 )
 
 

@@ -13,9 +13,10 @@ Reads the checkpoint (and the config and dataset info saved in it); never
 trains and never writes a checkpoint.
 """
 
+from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
+
 from absl import app, flags
 
-from jaxseg import cli
 from jaxseg.inference.files import parse_scales, parse_tile
 from jaxseg.evaluation.evaluate import PredictionSettings, evaluate_run
 

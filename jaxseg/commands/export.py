@@ -1,4 +1,4 @@
-"""`jaxseg export` (python export.py): exports a trained run's prediction function (StableHLO, via jax.export) into one file.
+"""`jaxseg export` (python export.py): a trained run's prediction function (StableHLO) in one file.
 
     jaxseg export --workdir runs/default --output default.jaxexport
     jaxseg export --workdir runs/camvid_unet --output camvid.jaxexport \
@@ -10,9 +10,10 @@ the dataset info; `predict.py --exported FILE` applies it to images of any size,
 tile by tile, without building any jaxseg model.
 """
 
+from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
+
 from absl import app, flags
 
-from jaxseg import cli
 from jaxseg.errors import ConfigError
 from jaxseg.inference import default_tile
 from jaxseg.inference.export import PLATFORMS, export_model

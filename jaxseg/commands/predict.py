@@ -1,4 +1,4 @@
-"""`jaxseg predict` (python predict.py): segments images of any size with a trained run (or an exported model).
+"""`jaxseg predict` (python predict.py): segments images of any size with a trained run.
 
     jaxseg predict --workdir runs/default --input photos/ --output predictions/
     jaxseg predict --workdir runs/camvid_unet --input 'street/*.png' --output out \
@@ -13,11 +13,12 @@ Exit status 0 when every image was predicted, 3 when some could not be read (the
 are listed), 2 for a jaxseg error (nothing predicted).
 """
 
+from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
+
 import sys
 
 from absl import app, flags
 
-from jaxseg import cli
 from jaxseg.errors import ConfigError
 from jaxseg.inference import Predictor, default_tile
 from jaxseg.inference.files import parse_scales, parse_tile, predict_files

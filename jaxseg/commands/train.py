@@ -12,11 +12,12 @@ Several processes (hosts): run the same command in each, with
     --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 """
 
+from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
+
 import os
 
 from absl import app, flags
 
-from jaxseg import cli
 from jaxseg.config import CONFIGS_DIR
 from jaxseg.train.loop import train_and_evaluate
 

@@ -17,6 +17,7 @@ images, a mask whose size differs from its image, mask values that are neither
 a class nor the ignore label, images without masks, colours missing from the
 table, empty directories. Each is an error naming the file and the problem,
 or, with `on_error="skip"`, the example is dropped and counted in the log.
+A mask without an image is not used, and named in a logged warning.
 """
 
 import concurrent.futures
@@ -356,6 +357,7 @@ def _list_split(root, subdir, split, images_dir, masks_dir, split_dir, instances
     instance_dir = os.path.join(root, instances_dir, subdir) if instances_dir else None
     images = _list_files(image_dir, IMAGE_EXTENSIONS)
     masks = _list_files(mask_dir, (".png",))
+    _warn_masks_without_images(masks, images, image_dir, split)
     instances = _list_files(instance_dir, (".png",)) if instance_dir else {}
     ids = sorted(images)
     if split_dir:
@@ -382,6 +384,20 @@ def _list_split(root, subdir, split, images_dir, masks_dir, split_dir, instances
                 Example(image_id, images[image_id], masks[image_id], instances.get(image_id))
             )
     return entries
+
+
+def _warn_masks_without_images(masks: dict, images: dict, image_dir: str, split: str) -> None:
+    """Logs the masks that have no image (a renamed or deleted image): they are not used."""
+    orphans = [path for mask_id, path in masks.items() if mask_id not in images]
+    if orphans:
+        shown = "\n  ".join(orphans[:20]) + ("\n  ..." if len(orphans) > 20 else "")
+        logging.warning(
+            "%d mask(s) of split %r have no image in %s and are not used:\n  %s",
+            len(orphans),
+            split,
+            image_dir,
+            shown,
+        )
 
 
 def _no_mask(image: str, mask_dir: str, image_id: str) -> str:

@@ -249,7 +249,7 @@ def _to_iter(dataset: grain.MapDataset, loader: LoaderConfig) -> "Batches":
     return Batches(iter_dataset, shield_workers=loader.num_workers > 0)
 
 
-# What a trainer handles itself (jaxseg.train.preemption) and its workers must survive.
+# What a trainer handles itself (jaxseg.preemption) and its workers must survive.
 _TRAINER_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -9,9 +9,12 @@ ones), and sit on a smooth random colour field with stripes and pixel noise.
 
 Each example is a pure function of (seed, split, index), so the dataset is
 reproducible and order-independent. It is written once as a real TFDS dataset
-(ArrayRecord files) and read back with random access, without TensorFlow.
+(ArrayRecord files) and read back with random access, without TensorFlow. Writing
+it says so in one line, instead of TFDS's "Downloading and preparing dataset
+Unknown size" and its progress bars (nothing is downloaded).
 """
 
+import contextlib
 import dataclasses
 import inspect
 
@@ -149,6 +152,20 @@ class JaxsegShapes(tfds.core.GeneratorBasedBuilder):
         counts = (config.num_train, config.num_validation, config.num_test)
         return {split: self._generate_examples(split, n) for split, n in zip(SPLITS, counts)}
 
+    def _log_download_bytes(self):
+        """Said when TFDS starts writing: TFDS would say it downloads a dataset of unknown size."""
+        config = self.builder_config
+        total = config.num_train + config.num_validation + config.num_test
+        print(
+            f"jaxseg: generating its built-in shapes dataset ({total} images of"
+            f" {config.image_size}x{config.image_size}; nothing is downloaded) in"
+            f" {self.data_dir}, once",
+            flush=True,
+        )
+
+    def _log_download_done(self):
+        pass  # TFDS: "Dataset ... downloaded and prepared": the line above said it
+
     def _generate_examples(self, split, num_examples):
         config = self.builder_config
         for index in range(num_examples):
@@ -180,7 +197,8 @@ def load_shapes(
         data_dir=data_dir or None,  # None: the TFDS default, ~/tensorflow_datasets
         file_format="array_record",
     )
-    builder.download_and_prepare()
+    with _without_tfds_progress_bars():  # its shuffling bars, with long temporary paths
+        builder.download_and_prepare()
     sources = {split: builder.as_data_source(split=split) for split in SPLITS}
     train = sources["train"]
     masks = (train[i]["mask"] for i in range(min(len(train), 500)))  # a sample suffices
@@ -193,6 +211,18 @@ def load_shapes(
         presence_frequencies=presence,
     )
     return sources, info
+
+
+@contextlib.contextmanager
+def _without_tfds_progress_bars():
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    shown = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(shown)
 
 
 JaxsegShapes.BUILDER_CONFIGS = [

@@ -202,5 +202,3 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
             functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
         ),
     )
-
-

@@ -9,15 +9,24 @@ checkpoints are never overwritten. A read-only Checkpointer (for evaluation
 and prediction) creates nothing and restores the model variables alone,
 without the optimizer state.
 
-Integrity: once a save has committed (orbax writes asynchronously; this is
-checked at the next save and at the end), process 0 writes
-`jaxseg_integrity.json` into its step directory: the size and sha256 of every
-file. Restoring checks them. A damaged checkpoint (a changed, truncated
-or missing file; an unreadable step) is reported by name and moved to
+Integrity, twice over. (1) As soon as a save has committed (orbax writes
+asynchronously; a thread of process 0 waits for it, so training does not),
+`jaxseg_integrity.json` in its step directory records the size and sha256 of
+every file. (2) The run record saved in the checkpoint itself ("meta") holds a
+fingerprint of what was saved: two wrapping 32-bit sums of every array's bits,
+and the sha256 of the data state and of the record. So a checkpoint whose
+integrity record was never written (a run killed, or the power lost, between
+the commit and the record) is still verified when restored, instead of being
+trusted: any single flipped bit changes a sum. Restoring checks both. A damaged
+checkpoint (a changed, truncated or missing file; an unreadable step; arrays
+that differ from their fingerprint) is reported by name and moved to
 <workdir>/damaged_checkpoints/, and the run resumes from the newest intact
-one; if none is intact, the error lists each and nothing is moved or
-written. A step without the record (a run killed right after saving it) is
-unverified: it is used if orbax can restore it.
+one; if none is intact, the error lists each and nothing is moved or written.
+An unrecorded step that passes is given its record when a run resumes from it.
+(Verified, rather than passed over for the newest recorded step: a run killed in
+that moment would lose every step since, for a checkpoint almost always intact.)
+Only checkpoints older than the fingerprint with no record are unverified:
+used if orbax can restore them.
 
 Saving: a failed save (disk full, ...) stops the run with the path and the
 free space in the message; asynchronous errors surface at the next
@@ -32,13 +41,17 @@ the checkpoints saved after that good one are moved to
 <workdir>/diverged_checkpoints/, so that resuming starts from it.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import threading
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -49,6 +62,7 @@ INTEGRITY_FILE = "jaxseg_integrity.json"
 DAMAGED_DIR = "damaged_checkpoints"  # beside the checkpoints directory
 DIVERGED_DIR = "diverged_checkpoints"  # saved just before the loss stopped being finite
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a step orbax has not finished writing
+FINGERPRINT = "fingerprint"  # the key of the meta item that verifies the checkpoint
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -86,23 +100,26 @@ class Checkpointer:
         self.keep = keep
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"{self.directory}: no checkpoints directory")
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=None,  # rotated here, once the newer checkpoint is recorded
-                create=not read_only,
-                read_only=read_only,
-                save_interval_steps=0 if read_only else 1,
-            ),
-            item_handlers={
-                "state": ocp.PyTreeCheckpointHandler(),
-                "data": ocp.JsonCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            },
-        )
+        with _without_read_only_notice():
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=None,  # rotated here, once the newer checkpoint is recorded
+                    create=not read_only,
+                    read_only=read_only,
+                    save_interval_steps=0 if read_only else 1,
+                ),
+                item_handlers={
+                    "state": ocp.PyTreeCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler(),
+                },
+            )
         if not read_only and _is_first():
             _remove_unfinished_saves(self.directory)
-        self._unrecorded: int | None = None  # saved, its integrity record not yet written
+        self._unrecorded: int | None = None  # saved, not yet settled (recorded and rotated)
+        self._recorder: threading.Thread | None = None  # writes its record once committed
+        self._recorder_error: BaseException | None = None
         self._failed = False
         self._good: int | None = None  # the newest checkpoint known good (see `confirm`)
 
@@ -131,9 +148,11 @@ class Checkpointer:
     # Saving.
 
     def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-        """Starts an asynchronous save of `step` (after settling the previous one)."""
+        """Starts an asynchronous save of `step` (after settling the previous one); its
+        integrity record is written as soon as it has committed."""
         self._settle()
         self._unrecorded = step
+        meta = {**meta, FINGERPRINT: fingerprint(state, data_state, meta)}
         try:
             self._manager.save(
                 step,
@@ -145,6 +164,24 @@ class Checkpointer:
             )
         except Exception as e:
             raise self._save_error(e) from e
+        if _is_first():
+            self._recorder = threading.Thread(
+                target=self._record_when_committed, args=(step,), name="jaxseg_integrity"
+            )
+            self._recorder.daemon = True  # a killed run loses at most this record
+            self._recorder.start()
+
+    def _record_when_committed(self, step: int) -> None:
+        """In a thread: waits for orbax to commit `step`, then records its integrity (only
+        reads orbax's in-progress flag; the waiting and the hashing leave training alone)."""
+        try:
+            while self._manager.is_saving_in_progress():
+                time.sleep(0.02)
+            directory = self.step_directory(step)
+            if os.path.isdir(directory):  # committed; a failed save left only its tmp name
+                _write_integrity(directory)
+        except BaseException as e:  # raised on the main thread by _settle
+            self._recorder_error = e
 
     def check_for_errors(self) -> None:
         """Raises CheckpointError at once if an asynchronous save has failed."""
@@ -162,8 +199,12 @@ class Checkpointer:
             return
         try:
             self._manager.wait_until_finished()
-            if _is_first():
-                _write_integrity(self.step_directory(self._unrecorded))
+            if self._recorder is not None:
+                self._recorder.join()
+                self._recorder = None
+            if self._recorder_error is not None:
+                error, self._recorder_error = self._recorder_error, None
+                raise error
         except Exception as e:
             raise self._save_error(e) from e
         self._unrecorded = None
@@ -190,8 +231,9 @@ class Checkpointer:
     # Restoring.
 
     def meta(self, step: int) -> dict | None:
-        """The run record saved with `step`; None for checkpoints written before jaxseg
-        saved one (their config is the workdir's config.json)."""
+        """The run record saved with `step` (checked against its fingerprint); None for
+        checkpoints written before jaxseg saved one (their config is the workdir's
+        config.json)."""
         if not os.path.isdir(os.path.join(self.step_directory(step), "meta")):
             return None
         try:
@@ -200,7 +242,11 @@ class Checkpointer:
             )
         except Exception as e:
             raise self._damaged(step, e) from e
-        return restored["meta"]
+        meta = restored["meta"]
+        saved = meta.get(FINGERPRINT) if isinstance(meta, dict) else None
+        if saved is not None and saved.get("meta") != _json_sha256(_without_fingerprint(meta)):
+            raise self._damaged(step, "its run record (meta) differs from the one saved (sha256)")
+        return meta
 
     def restore(self, step: int, abstract_state, explanation: str = ""):
         """Restores (state, data_state) at `step` into the shardings of `abstract_state`.
@@ -209,6 +255,7 @@ class Checkpointer:
         """
         self.check_compatible(step, abstract_state.params, explanation)
         self.check_optimizer(step, abstract_state.opt_state, explanation)
+        meta = self.meta(step)
         try:
             restored = self._manager.restore(
                 step,
@@ -218,7 +265,18 @@ class Checkpointer:
             )
         except Exception as e:
             raise self._damaged(step, e) from e
+        self._verify(step, meta, restored["state"], restored["data"])
         return restored["state"], restored["data"]
+
+    def _verify(self, step: int, meta: dict | None, state, data_state=None) -> None:
+        """Raises DamagedCheckpointError if what was restored differs from the fingerprint
+        saved with it (checkpoints saved before jaxseg wrote one pass unverified)."""
+        saved = (meta or {}).get(FINGERPRINT)
+        if saved is None:
+            return
+        problem = _fingerprint_problem(saved, state, data_state)
+        if _any_process(problem) is not None:
+            raise self._damaged(step, problem or "another process of this run found it damaged")
 
     def restore_newest(self, abstract_state, explain) -> Restored | None:
         """Restores the newest intact checkpoint (None if there is none at all); newer damaged
@@ -246,6 +304,7 @@ class Checkpointer:
                 problem = _any_process(problem)
                 if problem is None:
                     self._good = step  # it was trained on before
+                    self._record_if_missing(step)
                     return Restored(step, state, data_state, meta, self._set_aside(damaged))
             damaged.append((step, problem))
         if not damaged:
@@ -256,6 +315,17 @@ class Checkpointer:
             " written. Use a new --workdir to start over, or move these steps away to"
             " inspect them."
         )
+
+    def _record_if_missing(self, step: int) -> None:
+        """Writes the integrity record of a step just verified by its fingerprint, whose
+        record was never written (a run killed between its commit and its record)."""
+        directory = self.step_directory(step)
+        if self.read_only or not _is_first():
+            return
+        if os.path.exists(os.path.join(directory, INTEGRITY_FILE)):
+            return
+        if (self.meta(step) or {}).get(FINGERPRINT) is not None:
+            _write_integrity(directory)
 
     def _set_aside(self, damaged: list[tuple[int, str]]) -> list[str]:
         """Moves damaged step directories out of the way; one line on each."""
@@ -293,6 +363,12 @@ class Checkpointer:
         if good:
             self._good = max(good)
 
+    def distrust(self, step: int) -> None:
+        """`step` is no longer known good (training from it went wrong at once): the newest
+        good one becomes the newest checkpoint before it, if any."""
+        before = [s for s in self.all_steps() if s < step]
+        self._good = max(before) if before else None
+
     @property
     def newest_good(self) -> int | None:
         return self._good
@@ -311,13 +387,16 @@ class Checkpointer:
         if problem is not None:
             raise self._damaged(step, problem)
         self.check_compatible(step, abstract_variables["params"], explanation)
+        meta = self.meta(step)
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=_restore_args(abstract_variables, partial=True))
             )
         except Exception as e:
             raise self._damaged(step, e) from e
-        return {key: restored["state"][key] for key in abstract_variables}
+        variables = {key: restored["state"][key] for key in abstract_variables}
+        self._verify(step, meta, variables)
+        return variables
 
     def _damaged(self, step: int, problem: str | Exception) -> DamagedCheckpointError:
         if isinstance(problem, Exception):
@@ -408,6 +487,109 @@ class Checkpointer:
             if not self._failed:
                 raise
             logging.warning("closing the checkpoints after a failed save", exc_info=True)
+
+
+def fingerprint(state, data_state: dict, meta: dict) -> dict:
+    """What a checkpoint is verified by when restored: {"arrays": {path: [dtype, sum of
+    its bits as 32-bit words, sum of word * (2i+1)]}, "data": sha256, "meta": sha256},
+    both sums wrapping, so exact in any order and changed by any single flipped bit."""
+    leaves = _flat_arrays(state)
+    sums = jax.device_get(_local(_array_sums(list(leaves.values()))))
+    return {
+        "arrays": {
+            path: [str(np.dtype(leaf.dtype)), int(total), int(weighted)]
+            for (path, leaf), (total, weighted) in zip(leaves.items(), sums)
+        },
+        "data": _json_sha256(data_state),
+        "meta": _json_sha256(_without_fingerprint(meta)),
+    }
+
+
+def _fingerprint_problem(saved: dict, state, data_state) -> str | None:
+    """What differs between a restored checkpoint and its saved fingerprint (None: nothing;
+    the run record itself is checked when read, by `Checkpointer.meta`). Arrays restored in
+    another dtype than saved (a changed config) are not compared."""
+    if data_state is not None and _json_sha256(data_state) != saved.get("data"):
+        return "its data-stream state differs from the one saved (sha256)"
+    leaves = {
+        path: leaf
+        for path, leaf in _flat_arrays(state).items()
+        if path in saved["arrays"] and saved["arrays"][path][0] == str(np.dtype(leaf.dtype))
+    }
+    sums = jax.device_get(_local(_array_sums(list(leaves.values()))))
+    differ = [
+        path
+        for path, restored in zip(leaves, sums)
+        if [int(x) for x in restored] != saved["arrays"][path][1:]
+    ]
+    if not differ:
+        return None
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    return (
+        f"its arrays differ from those saved (checksum of state/{', state/'.join(differ[:3])}"
+        f"{more})"
+    )
+
+
+def _flat_arrays(tree) -> dict:
+    """{path: array} with paths as orbax writes them (as `_shapes`)."""
+    flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=True))
+    return {"/".join(map(str, path)): leaf for path, leaf in flat.items() if hasattr(leaf, "dtype")}
+
+
+@jax.jit
+def _array_sums(arrays: list) -> jax.Array:
+    """(n, 2) uint32: per array, the wrapping sums of its 32-bit words and of word * (2i+1)."""
+    rows = []
+    for array in arrays:
+        array = jnp.asarray(array)
+        if array.dtype == jnp.bool_:
+            words = array.astype(jnp.uint32)
+        elif array.dtype.itemsize == 8:
+            words = jax.lax.bitcast_convert_type(array, jnp.uint32)  # (..., 2)
+        else:
+            unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[array.dtype.itemsize]
+            words = jax.lax.bitcast_convert_type(array, unsigned).astype(jnp.uint32)
+        words = words.ravel()
+        odd = jnp.arange(words.size, dtype=jnp.uint32) * 2 + 1
+        rows.append(jnp.stack([words.sum(dtype=jnp.uint32), (words * odd).sum(dtype=jnp.uint32)]))
+    return jnp.stack(rows) if rows else jnp.zeros((0, 2), jnp.uint32)
+
+
+def _local(result: jax.Array):
+    """A replicated result of arrays spanning several processes, readable by this one."""
+    return result if result.is_fully_addressable else result.addressable_data(0)
+
+
+def _json_sha256(item) -> str:
+    """sha256 of `item` as JSON, normalised as orbax writes and reads it back."""
+    text = json.dumps(json.loads(json.dumps(item)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_fingerprint(meta: dict | None) -> dict | None:
+    if not isinstance(meta, dict):
+        return meta
+    return {key: value for key, value in meta.items() if key != FINGERPRINT}
+
+
+# orbax warns "Given directory is read only=<path>" each time a run is read (load_run,
+# evaluate.py, predict.py): that is what was asked for. Only this line is dropped.
+_READ_ONLY_NOTICE = "Given directory is read only=%s"
+
+
+def _not_the_read_only_notice(record) -> bool:
+    return record.msg != _READ_ONLY_NOTICE
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+    logger = logging.get_absl_logger()
+    logger.addFilter(_not_the_read_only_notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_the_read_only_notice)
 
 
 def _restore_args(abstract_tree, partial: bool = False):

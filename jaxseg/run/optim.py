@@ -124,5 +124,3 @@ def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation
     if optim_config.grad_clip_norm:
         base = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), base)
     return base
-
-

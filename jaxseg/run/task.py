@@ -41,8 +41,7 @@ def build_task(loss_config, info: SegmentationInfo) -> Task:
     """The Task of `config.loss` on a dataset."""
     if loss_config.class_weights not in CLASS_WEIGHTINGS:
         raise ConfigError(
-            f"unknown loss.class_weights {loss_config.class_weights!r};"
-            f" allowed: {CLASS_WEIGHTINGS}"
+            f"unknown loss.class_weights {loss_config.class_weights!r}; allowed: {CLASS_WEIGHTINGS}"
         )
     weights = None
     if loss_config.class_weights == "median_frequency":

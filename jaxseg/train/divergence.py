@@ -7,6 +7,11 @@ rotated out for a bad one. With `train.skip_nonfinite_steps`, a step whose
 loss or new state is not finite keeps the state it started from (its step
 counter still advances, as its batch was consumed) and is counted in the log
 ("skipped_steps") instead of stopping the run.
+
+After a resume, the loss of the first step is checked at once (one host sync
+per run). That loss is computed from the restored parameters before any update,
+so the learning rate plays no part in it: if it is not finite, the restored
+checkpoint is named as the cause and set aside, not the optimizer settings.
 """
 
 import math
@@ -22,6 +27,33 @@ class DivergenceGuard:
     def __init__(self, checkpointer, config, start: int):
         self.checkpointer, self.config = checkpointer, config
         self.interval_start = start  # the last step of the previous log interval
+        self.resumed_from = start or None  # the checkpoint's step; None for a fresh run
+
+    def check_resumed_step(self, step: int, metrics: dict) -> None:
+        """Raises DivergedError, naming the restored checkpoint, if the loss of the first
+        step after a resume (`metrics`: that step's sums) is not finite."""
+        if self.resumed_from is None or step != self.resumed_from + 1:
+            return
+        if is_finite(metrics["loss_sum"]):
+            return
+        restored = self.resumed_from
+        self.checkpointer.distrust(restored)
+        moved = self.checkpointer.set_aside_unconfirmed()
+        before = self.checkpointer.newest_good
+        where = ", ".join(f"step {s} to {target}" for s, target in moved.items())
+        then = (
+            f"resume from step {before}, the newest checkpoint before it"
+            if before is not None
+            else "start over from step 0 (no checkpoint is older)"
+        )
+        raise DivergedError(
+            f"the training loss is not finite in step {step}, the first step after resuming"
+            f" from the checkpoint at step {restored} in {self.checkpointer.directory}. That"
+            " loss comes from the restored parameters before any update, so the"
+            f" checkpoint is the likely cause, not the learning rate: its state was damaged"
+            " after it was verified, or saved on the edge of diverging. Moved aside (kept for"
+            f" inspection): {where}. Run the same command again to {then}."
+        )
 
     def check_loss(self, step: int, record: dict) -> None:
         """Raises DivergedError if the mean loss of the steps logged at `step` is not finite;

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from jaxseg.checks import data_warnings
 from jaxseg.errors import Interrupted, RunError
 from jaxseg.evaluation.evaluate import evaluate, report, write_curves
+from jaxseg.preemption import StopSignals
 from jaxseg.report.tables import MetricSums, format_table, summarize
 from jaxseg.report.writer import RunWriter
 from jaxseg.run.build import CHECKPOINTS, Run, build_run
@@ -25,7 +26,6 @@ from jaxseg.run.state import count_params
 from jaxseg.run.step import variables_of
 from jaxseg.train.divergence import DivergenceGuard
 from jaxseg.train.initialise import load_initialisation
-from jaxseg.train.preemption import StopSignals
 from jaxseg.train.resume import resume_or_start
 from jaxseg.train.workdir import lock_for_training
 
@@ -41,6 +41,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
       DivergedError: the loss or state stopped being finite (nothing non-finite is saved).
       WorkdirLockedError: another training run uses `workdir`.
     """
+    StopSignals.training_starts()  # a Ctrl-C from here to the loop: nothing new to save
     run = build_run(config)
     eval_splits = [config.data.eval_split] + [config.data.test_split] * bool(config.data.test_split)
     for split in eval_splits:
@@ -84,8 +85,11 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
     with StopSignals() as signals:
         for step in range(start + 1, config.train.num_steps + 1):
             batch = next(batches)
-            state, metrics = train_step(state, run.layout.put_batch(batch), run.step_rng)
-            sums.add(run.layout.global_metrics(metrics), pixels_in(batch))
+            with progress.compiling(first=step == start + 1):
+                state, metrics = train_step(state, run.layout.put_batch(batch), run.step_rng)
+            step_sums = run.layout.global_metrics(metrics)
+            sums.add(step_sums, pixels_in(batch))
+            guard.check_resumed_step(step, step_sums)  # a restored state that fails at once
             checkpointer.check_for_errors()  # a failed asynchronous save stops the run now
             if progress.due(step, config.train.log_every):
                 record = train_record(sums.result())  # waits for the device: once per log
@@ -158,6 +162,18 @@ class Progress:
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.1f}")
         self.bar.update(steps)
         self.interval_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def compiling(self, first: bool):
+        """Around the call of the first step, which compiles it (up to a minute for the larger
+        models, the bar at 0): says so, then how long it took."""
+        if not first or not self.writer.enabled:
+            yield
+            return
+        self.bar.write("Compiling the training step (the first step waits for it)...")
+        start = time.perf_counter()
+        yield
+        self.bar.write(f"Compiled the training step in {time.perf_counter() - start:.1f} s")
 
     @contextlib.contextmanager
     def paused(self):

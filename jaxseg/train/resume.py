@@ -11,6 +11,7 @@ stream at the first example the stopped run had not trained on.
 import json
 import os
 
+from jaxseg.preemption import stop_if_interrupted
 from jaxseg.run import Run
 from jaxseg.run.checkpoint import Checkpointer
 
@@ -21,6 +22,7 @@ STRUCTURAL_GROUPS = ("model", "optim")
 def resume_or_start(run: Run, checkpointer: Checkpointer, workdir: str, initialisation=None):
     """(state, batch iterator, step, init report): from the newest intact checkpoint, or
     fresh at step 0 (from `initialisation` if given)."""
+    stop_if_interrupted()  # a safe point for a Ctrl-C during start-up (preemption.py)
     restored = checkpointer.restore_newest(
         run.layout.restore_target(run.abstract_state),
         lambda meta: changed_settings(saved_config(meta, workdir), run.config),

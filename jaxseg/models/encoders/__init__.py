@@ -42,4 +42,13 @@ def build_encoder(encoder_name: str, options=None, *, detached: bool = False) ->
     return get_encoder(encoder_name, **placement, **dict(options or {}))
 
 
-__all__ = ["ENCODERS", "Encoder", "ResNet", "UNetEncoder", "VGG16", "build_encoder", "get_encoder", "register_encoder"]
+__all__ = [
+    "ENCODERS",
+    "Encoder",
+    "ResNet",
+    "UNetEncoder",
+    "VGG16",
+    "build_encoder",
+    "get_encoder",
+    "register_encoder",
+]
