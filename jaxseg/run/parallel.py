@@ -11,7 +11,8 @@ local device gets its slice of the process's batch; gradients and metrics are
 summed over all devices of all processes, batch norm statistics are per
 device (unsynchronised) and averaged after each step.
 
-Both expose the same methods, so the training loop does not know which runs,
+The pmap form is written as its difference from the mesh form (a subclass), so the
+training loop does not know which runs,
 and each carries the one place where per-device collectives are written
 (`axis`: `GlobalBatch` or `PerDevice`), which the train and eval steps call.
 """
@@ -92,7 +93,7 @@ def check_batch_size(batch_size: int, num_devices: int, name: str = "data.batch_
 
 
 class MeshParallel:
-    """jit + NamedSharding over a device mesh."""
+    """jit + NamedSharding over a device mesh: the form every method is written for."""
 
     axis = GlobalBatch()
 
@@ -101,26 +102,31 @@ class MeshParallel:
         self.num_devices = self.mesh.devices.size
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self._batch = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        self._restore_sharding = self._replicated  # where orbax puts restored arrays
 
     def init_state(self, init_fn, rng):
         return jax.jit(init_fn, out_shardings=self._replicated)(rng)
 
     def place(self, state):
-        """A state built on the host (the same on every process), replicated."""
+        """A state built on the host (the same on every process), laid out for the step."""
         return jax.device_put(state, self._replicated)
 
     def restore_target(self, abstract_state):
         """The abstract state orbax restores into (placement included)."""
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._replicated),
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._restore_sharding),
             abstract_state,
         )
 
     def place_restored(self, state):
-        return state
+        return self.place(state)  # already where it belongs: no copy
 
     def saveable(self, state):
+        """The state as one copy, as checkpoints and plain jit functions take it."""
         return state
+
+    def global_metrics(self, metrics):
+        return self.saveable(metrics)
 
     def put_batch(self, local_batch: dict) -> dict:
         return jax.tree.map(
@@ -144,37 +150,27 @@ class MeshParallel:
             eval_step, in_shardings=(self._replicated, self._batch), out_shardings=self._replicated
         )
 
-    def global_metrics(self, metrics):
-        return metrics
 
-
-class PmapParallel:
-    """jax.pmap over this process's devices; collectives span all processes."""
+class PmapParallel(MeshParallel):
+    """The mesh form's difference under jax.pmap over this process's devices: a leading
+    device axis on the state (one copy per device) and on the batch; collectives span all
+    processes."""
 
     axis = PerDevice(DATA_AXIS)
 
     def __init__(self, num_devices: int = 0):
         self.devices = _devices(num_devices, jax.local_devices())
         self.num_devices = len(self.devices) * jax.process_count()
+        self._restore_sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
 
     def init_state(self, init_fn, rng):
-        return jax_utils.replicate(jax.jit(init_fn)(rng), self.devices)
+        return self.place(jax.jit(init_fn)(rng))
 
     def place(self, state):
         return jax_utils.replicate(state, self.devices)
 
-    def restore_target(self, abstract_state):
-        device = self.devices[0]
-        sharding = jax.sharding.SingleDeviceSharding(device)
-        return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_state
-        )
-
-    def place_restored(self, state):
-        return jax_utils.replicate(state, self.devices)
-
     def saveable(self, state):
-        return jax.tree.map(lambda x: x[0], state)
+        return jax.tree.map(lambda x: x[0], state)  # every device holds the same (summed)
 
     def put_batch(self, local_batch: dict) -> dict:
         count = len(self.devices)
@@ -199,9 +195,6 @@ class PmapParallel:
 
     def compile_eval(self, eval_step):
         return jax.pmap(eval_step, axis_name=DATA_AXIS, devices=self.devices)
-
-    def global_metrics(self, metrics):
-        return jax.tree.map(lambda x: x[0], metrics)  # summed already: every device holds it
 
 
 def make_parallel(kind: str, num_devices: int = 0):
