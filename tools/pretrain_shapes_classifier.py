@@ -34,7 +34,9 @@ from jaxseg.models.encoders import get_encoder
 from jaxseg.run import build_run
 
 _OUTPUT = flags.DEFINE_string("output", None, "The .safetensors file to write.", required=True)
-_ENCODER = flags.DEFINE_enum("encoder", "resnet18", list(pretrained.ENCODERS), "The encoder.")
+_ENCODER = flags.DEFINE_enum(
+    "encoder", "resnet18", list(pretrained.TORCHVISION_ENCODERS), "The encoder."
+)
 _STEPS = flags.DEFINE_integer("steps", 1500, "Training steps.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per step.")
 _SIZE = flags.DEFINE_integer("image_size", 64, "Side of the shapes images.")

@@ -45,7 +45,7 @@ from jaxseg.errors import JaxsegError
 from jaxseg.models.encoders import get_encoder
 from jaxseg.models.encoders.vgg import VGG16_BLOCKS
 
-ENCODERS = ("vgg16", "resnet18", "resnet34", "resnet50")
+TORCHVISION_ENCODERS = ("vgg16", "resnet18", "resnet34", "resnet50")
 SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
 MAX_LISTED = 8  # names listed per kind of mismatch in an error; the count says how many more
 
@@ -114,9 +114,9 @@ class _Tensor:
 
 
 def _family(encoder_name: str) -> str:
-    if encoder_name not in ENCODERS:
+    if encoder_name not in TORCHVISION_ENCODERS:
         raise WeightsError(
-            f"no torchvision weights for encoder {encoder_name!r}; supported: {list(ENCODERS)}"
+            f"no torchvision weights for encoder {encoder_name!r}; supported: {list(TORCHVISION_ENCODERS)}"
         )
     return "vgg16" if encoder_name == "vgg16" else "resnet"
 
