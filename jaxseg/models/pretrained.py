@@ -116,7 +116,8 @@ class _Tensor:
 def _family(encoder_name: str) -> str:
     if encoder_name not in TORCHVISION_ENCODERS:
         raise WeightsError(
-            f"no torchvision weights for encoder {encoder_name!r}; supported: {list(TORCHVISION_ENCODERS)}"
+            f"no torchvision weights for encoder {encoder_name!r};"
+            f" supported: {list(TORCHVISION_ENCODERS)}"
         )
     return "vgg16" if encoder_name == "vgg16" else "resnet"
 
