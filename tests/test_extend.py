@@ -12,6 +12,7 @@ from helpers import REPO, tiny_config
 from PIL import Image
 
 import jaxseg
+from jaxseg.config import loss_options_config
 from jaxseg.errors import ConfigError
 from jaxseg.overrides import load_config, split_config_args
 
@@ -205,3 +206,19 @@ def test_train_cli_prints_config_errors_without_a_traceback(tmp_path, args, mess
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_term_that_cannot_run_with_the_settings_is_refused_when_the_run_is_built(data_dir):
+    """Dice takes no pixel weights, focal no negative gamma: ConfigErrors at build_run, before
+    anything is traced, naming the term and the settings."""
+    config = tiny_config(data_dir)
+    config.loss.terms = "cross_entropy + dice"
+    config.loss.options = loss_options_config(config.loss.terms)
+    config.loss.use_pixel_weights = True
+    with pytest.raises(ConfigError, match="loss term 'dice' .* takes no pixel_weights"):
+        jaxseg.build_run(config)
+    config = tiny_config(data_dir)
+    config.loss.terms = "focal"
+    config.loss.options = loss_options_config("focal", focal={"gamma": -1.0})
+    with pytest.raises(ConfigError, match="loss term 'focal' .*gamma must be >= 0"):
+        jaxseg.build_run(config)

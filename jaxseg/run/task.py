@@ -48,13 +48,38 @@ def build_task(loss_config, info: SegmentationInfo) -> Task:
         weights = tuple(float(w) for w in info.median_frequency_weights())
     terms = parse_loss_terms(loss_config.terms)
     options = loss_config.get("options", {})
-    return Task(
+    task = Task(
         info,
         terms,
         tuple((name, tuple(sorted(dict(options.get(name, {})).items()))) for name, _ in terms),
         weights,
         loss_config.use_pixel_weights,
     )
+    _try_terms(task)
+    return task
+
+
+def _try_terms(task: Task) -> None:
+    """Calls each term once on a 1-pixel batch with the run's options and weights, so that
+    a value a term refuses (focal gamma < 0, pixel weights for Dice) is a ConfigError now,
+    not an error while the step is traced."""
+    classes = task.info.num_classes
+    for name, _ in task.terms:
+        try:
+            LOSSES.get(name)(
+                jnp.zeros((1, 1, 1, classes)),
+                jnp.zeros((1, 1, 1), jnp.int32),
+                ignore_label=task.info.ignore_label,
+                class_weights=None if task.class_weights is None else jnp.ones(classes),
+                pixel_weights=jnp.ones((1, 1, 1)) if task.use_pixel_weights else None,
+                **task.term_options(name),
+            )
+        except (ValueError, TypeError) as e:
+            raise ConfigError(
+                f"loss term {name!r} (loss.terms={', '.join(n for n, _ in task.terms)!r}) cannot"
+                f" run with loss.options.{name}={task.term_options(name)}, loss.class_weights"
+                f" and loss.use_pixel_weights={task.use_pixel_weights}: {e}"
+            ) from e
 
 
 def align_targets(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
