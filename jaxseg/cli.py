@@ -40,6 +40,20 @@ EXIT_INTERRUPTED = errors.EXIT_INTERRUPTED
 EXIT_PARTIAL = 3  # some inputs failed, the others were processed (predict.py)
 EXIT_STOPPED_AT_ONCE = 130  # the shell's status for SIGINT: a second Ctrl-C
 
+# A warm start: compiled programs are kept on disk, so running the same config (or evaluating
+# or predicting with the same model) again compiles nothing. JAX_COMPILATION_CACHE_DIR, when
+# set, wins (the test suite sets its own).
+DEFAULT_COMPILATION_CACHE = os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+    "jaxseg",
+    "xla",
+)
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.environ.get("JAXSEG_COMPILATION_CACHE", DEFAULT_COMPILATION_CACHE),
+    "Directory of JAX's persistent compilation cache ($JAXSEG_COMPILATION_CACHE);"
+    " --compilation_cache= (empty) turns it off.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with the cluster's auto-detection."
 )
@@ -59,6 +73,17 @@ def initialize_distributed() -> None:
         )
     elif _DISTRIBUTED.value:
         jax.distributed.initialize()
+
+
+def use_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache in --compilation_cache (every program,
+    however quick to compile), unless JAX_COMPILATION_CACHE_DIR already chose one or the
+    flag is empty."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not _COMPILATION_CACHE.value:
+        return
+    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def quiet_libraries() -> None:
@@ -89,6 +114,12 @@ def config_name(spec: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def _started(main, argv):
+    """What every tool does once its flags are parsed, then the tool."""
+    use_compilation_cache()
+    return main(argv)
+
+
 def run(main, default_config: str | None = None) -> None:
     """absl.app.run(main) with jaxseg's error reporting (exit statuses: module docstring).
 
@@ -105,7 +136,7 @@ def run(main, default_config: str | None = None) -> None:
             spec, overrides, argv = split_config_args(sys.argv)
             spec = spec or default_config
             main = functools.partial(main, config=load_config(spec, overrides), config_spec=spec)
-        app.run(main, argv=argv)
+        app.run(functools.partial(_started, main), argv=argv)
     except JaxsegError as error:
         report_error(error)
         sys.exit(error.exit_status)
