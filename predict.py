@@ -7,10 +7,13 @@
 
 For every input image NAME.EXT it writes NAME.png (the classes as a palette PNG),
 NAME_overlay.png (unless --no_overlay) and with --save_probs NAME_probs.npy
-(float16 H x W x C). Large images are predicted tile by tile (--tile, --overlap);
---tile=0 predicts each image whole. Existing outputs are skipped unless --overwrite.
-Exit status 0 when every image was predicted, 3 when some could not be read (they
-are listed), 2 for a jaxseg error (nothing predicted).
+(float16 H x W x C); inputs whose outputs would share a name (a.png, a.jpg) keep their
+extension in NAME (a.png.png, a.jpg.png). Large images are predicted tile by tile
+(--tile, --overlap); --tile=0 predicts each image whole. Existing outputs are kept
+unless --overwrite; an output never replaces an input, and --output may not be an
+--input directory (refused before any work). Exit status 0 when every image was
+predicted, 3 when some could not be read (they are listed), 2 for a jaxseg error
+(flags, inputs and outputs are checked before the model is loaded).
 """
 
 import sys
@@ -20,7 +23,8 @@ from absl import app, flags
 from jaxseg import cli
 from jaxseg.errors import ConfigError
 from jaxseg.inference import Predictor, default_tile
-from jaxseg.inference.files import parse_scales, parse_tile, predict_files
+from jaxseg.inference.files import parse_scales, parse_tile, plan_outputs, predict_files
+from jaxseg.inference.tiling import check_options
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
 _EXPORTED = flags.DEFINE_string("exported", None, "An exported model (export.py) instead.")
@@ -44,6 +48,7 @@ def predictor_from_flags() -> Predictor:
         flip=_TTA.value,
         scales=parse_scales(_SCALES.value),
     )
+    check_options(**{k: v for k, v in options.items() if k != "flip"}, flag_prefix="--")
     if _EXPORTED.value:
         from jaxseg.inference.export import load_exported
 
@@ -64,6 +69,8 @@ def main(argv):
         raise ConfigError("give either --workdir (a trained run) or --exported (a model file)")
     if not _INPUT.value or not _OUTPUT.value:
         raise ConfigError("--input and --output are required")
+    # Flags, inputs and outputs are checked before a model is loaded and compiled.
+    plan_outputs(_INPUT.value, _OUTPUT.value, not _NO_OVERLAY.value, _SAVE_PROBS.value)
     cli.quiet_libraries()
     predictor = predictor_from_flags()
     summary = predict_files(
