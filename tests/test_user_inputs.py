@@ -23,6 +23,7 @@ from jaxseg.inference import Predictor
 from jaxseg.inference.export import ExportError, export_model, manifest_of
 from jaxseg.inference.files import predict_files
 from jaxseg.models import get_model
+from jaxseg.train import checkpoint, tensorboard
 from jaxseg.train.writer import RunWriter
 
 TILE = (32, 32)
@@ -151,7 +152,11 @@ def test_bad_prediction_flags_are_refused_before_loading(predictor, tmp_path):
         assert done.returncode == 2, done.stderr[-2000:]
         assert "jaxseg config error:" in done.stderr and message in done.stderr
         assert "Traceback" not in done.stderr
-    assert not out.exists()
+    # The reported case: the input directory as --output, refused before loading too.
+    done = _cli("predict.py", "--workdir", str(tmp_path / "no_run"), "--input", str(tmp_path),
+                "--output", str(tmp_path))  # fmt: skip
+    assert done.returncode == 2 and "is also the input directory" in done.stderr
+    assert not out.exists() and _listing(tmp_path) == ["a.png"]
     model, variables = predictor.model, predictor._variables
     with pytest.raises(ConfigError, match="batch_size=0"):
         Predictor(model, variables, predictor.info, tile=TILE, batch_size=0)
@@ -215,9 +220,14 @@ def test_a_full_disk_leaves_no_temporary_file_and_stale_ones_are_swept(
     real_open = open
 
     class FullDisk:
-        """A file whose writes fail as on a full disk (after creating it)."""
+        """Files opened for writing whose writes fail as on a full disk (once created)."""
 
-        def __init__(self, path, mode):
+        def __new__(cls, path, mode="r", *args, **kwargs):
+            if "w" not in mode:
+                return real_open(path, mode, *args, **kwargs)
+            return super().__new__(cls)
+
+        def __init__(self, path, mode="r"):
             self.file = real_open(path, mode)
 
         def __enter__(self):
@@ -235,13 +245,28 @@ def test_a_full_disk_leaves_no_temporary_file_and_stale_ones_are_swept(
             writer.picture("eval/grid.png", b"second")
     assert (workdir / "eval" / "grid.png").read_bytes() == b"first"
     assert _listing(workdir / "eval") == ["grid.png"]
+    # The other whole-file writers of a run: TensorBoard events rewritten on resume, and the
+    # record of a checkpoint's files.
+    events = workdir / "tensorboard" / "events.out.tfevents.1"
+    events.parent.mkdir()
+    step = workdir / "checkpoints" / "2"
+    step.mkdir(parents=True)
+    (step / "state").write_bytes(b"x")
+    for module, write in (
+        (tensorboard, lambda: tensorboard.write_records(str(events), [b"record"])),
+        (checkpoint, lambda: checkpoint._write_integrity(str(step))),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "open", FullDisk, raising=False)
+            with pytest.raises(OSError, match="No space left"):
+                write()
+    assert _listing(events.parent) == [] and _listing(step) == ["state"]
 
     # What killed processes left (this and earlier versions' names) goes when a writer opens
     # the run; a running process's file, other files and the checkpoints stay.
     dead, alive = _dead_pid(), os.getpid()
     stale = [f"eval/.grid.png.tmp{dead}", f"metrics.jsonl.tmp{dead}"]
     kept = [f"eval/.grid.png.tmp{alive}", "eval/notes.tmp", f"checkpoints/x.tmp{dead}"]
-    (workdir / "checkpoints").mkdir()
     for name in stale + kept:
         (workdir / name).write_bytes(b"x")
     RunWriter(str(workdir), enabled=False)

@@ -32,6 +32,7 @@ the checkpoints saved after that good one are moved to
 <workdir>/diverged_checkpoints/, so that resuming starts from it.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -459,9 +460,14 @@ def _write_integrity(directory: str) -> None:
             if relative != INTEGRITY_FILE:
                 files[relative] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
     partial = os.path.join(directory, f"{INTEGRITY_FILE}.tmp")
-    with open(partial, "w") as f:
-        json.dump({"files": files}, f, indent=1, sort_keys=True)
-    os.replace(partial, os.path.join(directory, INTEGRITY_FILE))
+    try:
+        with open(partial, "w") as f:
+            json.dump({"files": files}, f, indent=1, sort_keys=True)
+        os.replace(partial, os.path.join(directory, INTEGRITY_FILE))
+    except BaseException:  # a full disk, a signal: no temporary file is left
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
 
 
 def _remove_unfinished_saves(directory: str) -> None:
