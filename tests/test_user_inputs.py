@@ -16,12 +16,14 @@ from helpers import REPO
 from PIL import Image
 
 from jaxseg import atomic
+from jaxseg.data import images
 from jaxseg.data.images import read_image
 from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import ConfigError, DataError
-from jaxseg.inference import Predictor
+from jaxseg.inference import Predictor, files
 from jaxseg.inference.export import ExportError, export_model, manifest_of
 from jaxseg.inference.files import predict_files
+from jaxseg.inference.png import write_png
 from jaxseg.models import get_model
 from jaxseg.train import checkpoint, tensorboard
 from jaxseg.train.writer import RunWriter
@@ -278,17 +280,14 @@ def test_a_full_disk_leaves_no_temporary_file_and_stale_ones_are_swept(
     # predict.py's outputs alike: a failed write names the file and leaves nothing.
     _image(tmp_path / "a.png", 0)
     out = tmp_path / "out"
-    real_save = Image.Image.save
 
-    def save_until_full(self, fp, *args, **kwargs):
-        real_save(self, fp, *args, **kwargs)
-        raise OSError(errno.ENOSPC, "No space left on device", fp)
+    def write_until_full(file, *args, **kwargs):
+        file.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Image.Image, "save", save_until_full)
-        with pytest.raises(
-            DataError, match=r"out/a\.png: cannot be written \(No space left on device\); the 0"
-        ):
+        patch.setattr(files, "write_png", write_until_full)
+        with pytest.raises(DataError, match=r"out/a\.png: cannot be written \(No space left on"):
             _predict(predictor, [tmp_path / "a.png"], out, save_probabilities=True)
     assert _listing(out) == ["a_probs.npy"]  # complete: written before the mask failed
     (out / f".a.png.tmp{dead}").write_bytes(b"x")
@@ -304,3 +303,38 @@ def test_a_large_image_shows_its_progress_in_tiles(predictor, capsys):
     assert [int(done) for done, _ in shown] == sorted(int(done) for done, _ in shown)
     predictor.predict(image)
     assert "tiles" not in capsys.readouterr().err
+
+
+def test_outputs_are_encoded_and_images_decoded_band_by_band(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (37, 29, 3), np.uint8)
+    classes = rng.integers(0, 5, (37, 29), np.uint8)
+    many_classes = rng.integers(0, 300, (37, 29)).astype(np.int32)
+    palette = rng.integers(0, 255, (5, 3), np.uint8)
+    for name, bands, expected, colours in (
+        ("rgb.png", np.array_split(rgb, 4), rgb, None),
+        ("p.png", np.array_split(classes, 3), classes, palette),
+        ("i16.png", [many_classes.astype(np.uint16)], many_classes, None),
+    ):
+        with open(tmp_path / name, "wb") as f:
+            write_png(f, bands, 37, 29, colours)
+        with Image.open(tmp_path / name) as written:
+            np.testing.assert_array_equal(np.asarray(written), expected)
+            if colours is not None:
+                assert written.mode == "P" and written.getpalette() == palette.ravel().tolist()
+    with open(tmp_path / "short.png", "wb") as f:
+        with pytest.raises(ValueError, match="36 rows given for a height of 37"):
+            write_png(f, [rgb[:36]], 37, 29)
+
+    info = SegmentationInfo(("a", "b", "c", "d", "e"), palette=tuple(map(tuple, palette)))
+    monkeypatch.setattr(files, "_bands", lambda height, width: range(0, height, 8))
+    files.save_overlay(str(tmp_path / "overlay.png"), rgb, classes, info)
+    expected = np.round(0.5 * rgb.astype(np.float64) + 0.5 * palette[classes]).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "overlay.png")), expected)
+
+    monkeypatch.setattr(images, "_PIXELS_PER_BAND", 29 * 5)  # bands of 5 rows
+    for mode in ("RGB", "L", "RGBA", "P"):
+        source = Image.fromarray(rgb).convert(mode)
+        source.save(tmp_path / f"{mode}.png")
+        read = read_image(tmp_path / f"{mode}.png")
+        np.testing.assert_array_equal(read, np.asarray(source.convert("RGB")))

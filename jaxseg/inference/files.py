@@ -25,7 +25,6 @@ import os
 import time
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from jaxseg.atomic import atomic_path, sweep_stale_temporaries
@@ -33,6 +32,7 @@ from jaxseg.data.folder import IMAGE_EXTENSIONS
 from jaxseg.data.images import DatasetError, read_image
 from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import ConfigError, DataError
+from jaxseg.inference.png import write_png
 
 SUFFIXES = {"mask": ".png", "overlay": "_overlay.png", "probabilities": "_probs.npy"}
 
@@ -172,27 +172,41 @@ def prepare_output(directory: str) -> str:
     return directory
 
 
+def _bands(height: int, width: int) -> range:
+    """First rows of the bands (about 4 megapixels each) that outputs are written in."""
+    return range(0, height, max(1, 2**22 // max(width, 1)))
+
+
 def save_mask(path: str, mask: np.ndarray, palette) -> None:
-    """A palette PNG of class indices (16-bit greyscale above 256 classes), atomically."""
-    if len(palette) <= 256:
-        image = Image.fromarray(mask.astype(np.uint8, copy=False), mode="P")
-        colours = np.zeros((256, 3), np.uint8)
-        colours[: len(palette)] = np.asarray(palette, np.uint8)
-        image.putpalette(colours.ravel().tolist())
-    else:
-        image = Image.fromarray(mask.astype(np.uint16))
-    _save_image(path, image)
+    """A palette PNG of class indices (16-bit greyscale above 256 classes), atomically,
+    encoded band by band (no copy of the mask)."""
+    height, width = mask.shape
+    dtype = np.uint8 if len(palette) <= 256 else np.uint16
+    step = _bands(height, width).step
+    bands = (mask[top : top + step].astype(dtype, copy=False) for top in _bands(height, width))
+    colours = palette if len(palette) <= 256 else None
+    with atomic_path(path) as partial, open(partial, "wb") as f:
+        write_png(f, bands, height, width, colours)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, info: SegmentationInfo, alpha=0.5):
-    """The image blended with the classes' colours (weight `alpha`)."""
+    """The image blended with the classes' colours (weight `alpha`), uint8."""
     colours = info.colourize(mask).astype(np.float32)
-    return np.round((1 - alpha) * image + alpha * colours).astype(np.uint8)
+    blended = np.float32(1 - alpha) * image + np.float32(alpha) * colours
+    return np.round(blended).astype(np.uint8)
 
 
-def _save_image(path: str, image: Image.Image) -> None:
-    with atomic_path(path) as partial:
-        image.save(partial, format="PNG")
+def save_overlay(path: str, image: np.ndarray, mask: np.ndarray, info: SegmentationInfo) -> None:
+    """overlay() as an RGB PNG, atomically, computed and encoded band by band: no full-size
+    blend or float array is ever formed."""
+    height, width = mask.shape
+    step = _bands(height, width).step
+    bands = (
+        overlay(image[top : top + step], mask[top : top + step], info)
+        for top in _bands(height, width)
+    )
+    with atomic_path(path) as partial, open(partial, "wb") as f:
+        write_png(f, bands, height, width)
 
 
 def _reserve(path: str) -> None:
@@ -304,7 +318,7 @@ def _predict_image(predictor, image, outputs: dict, show_progress: bool, done: i
             save_mask(outputs["mask"], mask, predictor.info.palette)
     if "overlay" in outputs:
         with _writing(outputs["overlay"], done):
-            _save_image(outputs["overlay"], Image.fromarray(overlay(image, mask, predictor.info)))
+            save_overlay(outputs["overlay"], image, mask, predictor.info)
 
 
 @contextlib.contextmanager
