@@ -7,12 +7,16 @@
 
 For every input image NAME.EXT it writes NAME.png (the classes as a palette PNG),
 NAME_overlay.png (unless --no_overlay) and with --save_probs NAME_probs.npy
-(float16 H x W x C). Large images are predicted tile by tile (--tile, --overlap);
---tile=0 predicts each image whole. Existing outputs are skipped unless --overwrite.
-Exit status 0 when every image was predicted, 3 when some could not be read (they
-are listed), 2 for a jaxseg error (nothing predicted).
+(float16 H x W x C); inputs whose outputs would share a name (a.png, a.jpg) keep their
+extension in NAME (a.png.png, a.jpg.png). Large images are predicted tile by tile
+(--tile, --overlap); --tile=0 predicts each image whole. Existing outputs are kept
+unless --overwrite; an output never replaces an input, and --output may not be an
+--input directory (refused before any work). Exit status 0 when every image was
+predicted, 3 when some could not be read (they are listed), 2 for a jaxseg error
+(flags, inputs and outputs are checked before the model is loaded).
 """
 
+import ctypes
 from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
 
 import sys
@@ -21,7 +25,8 @@ from absl import app, flags
 
 from jaxseg.errors import ConfigError
 from jaxseg.inference import Predictor, default_tile
-from jaxseg.inference.files import parse_scales, parse_tile, predict_files
+from jaxseg.inference.files import parse_scales, parse_tile, plan_outputs, predict_files
+from jaxseg.inference.tiling import check_options
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
 _EXPORTED = flags.DEFINE_string("exported", None, "An exported model (export.py) instead.")
@@ -45,6 +50,7 @@ def predictor_from_flags() -> Predictor:
         flip=_TTA.value,
         scales=parse_scales(_SCALES.value),
     )
+    check_options(**{k: v for k, v in options.items() if k != "flip"}, flag_prefix="--")
     if _EXPORTED.value:
         from jaxseg.inference.export import load_exported
 
@@ -58,6 +64,16 @@ def predictor_from_flags() -> Predictor:
     return Predictor(trained.model, trained.variables, trained.info, tile=tile, **options)
 
 
+def _return_freed_memory() -> None:
+    """glibc's malloc serves allocations below a threshold that rises to 32 MiB from its
+    heap, where the band arrays of large images, freed, stay resident; a fixed 1 MiB
+    threshold maps such arrays and unmaps them when freed (8192^2: 220 MiB lower peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -65,7 +81,10 @@ def main(argv):
         raise ConfigError("give either --workdir (a trained run) or --exported (a model file)")
     if not _INPUT.value or not _OUTPUT.value:
         raise ConfigError("--input and --output are required")
+    # Flags, inputs and outputs are checked before a model is loaded and compiled.
+    plan_outputs(_INPUT.value, _OUTPUT.value, not _NO_OVERLAY.value, _SAVE_PROBS.value)
     cli.quiet_libraries()
+    _return_freed_memory()
     predictor = predictor_from_flags()
     summary = predict_files(
         predictor,

@@ -29,6 +29,7 @@ MAX_IMAGE_PIXELS = 2**30
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _ROWS_PER_CHUNK = 1024  # bounds the float temporary of a high-bit-depth conversion
+_PIXELS_PER_BAND = 2**22  # bounds the copies made while an 8-bit image becomes an array
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -146,10 +147,22 @@ def read_image(path: str, intensity_range: tuple[float, float] | None = None) ->
                 logging.log_first_n(
                     logging.INFO, "%s: %s image, alpha channel dropped", 1, path, image.mode
                 )
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            return np.asarray(rgb)
+            return _rgb_array(image)
         except _DECODE_ERRORS as e:
             raise DatasetError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """A decoded image as uint8 (H, W, 3), converted and copied a band of rows at a time:
+    np.asarray(image) holds two more full-size copies at its peak (PIL's tobytes joins
+    its pieces), and convert("RGB") a third."""
+    width, height = image.size
+    array = np.empty((height, width, 3), np.uint8)
+    rows = max(1, _PIXELS_PER_BAND // max(width, 1))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))
+        array[top : top + rows] = np.asarray(band if band.mode == "RGB" else band.convert("RGB"))
+    return array
 
 
 def _file_range(path: str) -> tuple[float, float] | None:

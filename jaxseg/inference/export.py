@@ -24,6 +24,7 @@ import numpy as np
 import safetensors.numpy
 from jax import export
 
+from jaxseg.atomic import atomic_path, sweep_stale_temporaries, temporary_path
 from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import JaxsegError
 from jaxseg.inference.network import probability_network
@@ -72,6 +73,13 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+def check_platforms(platforms) -> None:
+    """ExportError unless `platforms` are some of PLATFORMS."""
+    unknown = sorted(set(platforms) - set(PLATFORMS))
+    if unknown or not platforms:
+        raise ExportError(f"platforms {list(platforms)}: each must be one of {list(PLATFORMS)}")
+
+
 def export_model(
     path: str,
     model,
@@ -86,9 +94,8 @@ def export_model(
     Returns:
       Its manifest (what jaxseg_export.json holds).
     """
-    unknown = sorted(set(platforms) - set(PLATFORMS))
-    if unknown or not platforms:
-        raise ExportError(f"platforms {list(platforms)}: each must be one of {list(PLATFORMS)}")
+    check_platforms(platforms)
+    check_destination(path)
     predictor = Predictor(model, variables, info, tile=tile)  # checks the tile, names valid ones
     network = probability_network(model, info)
     (batch,) = export.symbolic_shape("batch")
@@ -107,13 +114,43 @@ def export_model(
         "info": info.to_dict(),
         "source": source or {},
     }
-    partial = f"{path}.tmp{os.getpid()}"
-    with zipfile.ZipFile(partial, "w") as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
-        archive.writestr(FUNCTION, bytes(exported.serialize()))
-        archive.writestr(VARIABLES, safetensors.numpy.save(_flatten(variables)))
-    os.replace(partial, path)  # a killed export leaves no half-written file
+    try:  # a failed or killed export leaves no half-written file
+        with atomic_path(path) as partial, zipfile.ZipFile(partial, "w") as archive:
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
+            archive.writestr(FUNCTION, bytes(exported.serialize()))
+            archive.writestr(VARIABLES, safetensors.numpy.save(_flatten(variables)))
+    except OSError as e:
+        raise ExportError(f"{path}: cannot be written ({e.strerror or e}); nothing was") from e
     return manifest
+
+
+def check_destination(path: str) -> None:
+    """Raises ExportError, before any work, if `path` cannot receive an export: a directory,
+    a missing or unwritable directory, or an existing file that is no jaxseg export (which
+    would be lost). Stale temporary files of killed exports to `path` are removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ExportError(
+            f"--output {path} is a directory; give the file to write, e.g."
+            f" {os.path.join(path, 'model.jaxexport')}"
+        )
+    if not os.path.isdir(directory):
+        raise ExportError(f"--output {path}: its directory {directory} does not exist")
+    if os.path.lexists(path):
+        try:
+            manifest_of(path)
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+            raise ExportError(
+                f"--output {path} exists and is not a jaxseg export; it is not replaced:"
+                " remove it or choose another --output"
+            ) from None
+    sweep_stale_temporaries(directory, of=os.path.basename(path), recursive=False)
+    probe = temporary_path(path)
+    try:  # the only sure test of writability (permissions, read-only mounts, ACLs)
+        open(probe, "wb").close()
+    except OSError as e:
+        raise ExportError(f"--output {path} cannot be written: {e.strerror or e}") from e
+    os.remove(probe)
 
 
 class ExportedModel:
@@ -192,4 +229,12 @@ def manifest_of(path: str) -> dict:
         return json.loads(archive.read(MANIFEST))
 
 
-__all__ = ["ExportError", "ExportedModel", "export_model", "load_exported", "manifest_of"]
+__all__ = [
+    "ExportError",
+    "ExportedModel",
+    "check_destination",
+    "check_platforms",
+    "export_model",
+    "load_exported",
+    "manifest_of",
+]

@@ -57,9 +57,10 @@ from collections.abc import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jaxseg.data.info import SegmentationInfo
-from jaxseg.errors import ModelInputError
+from jaxseg.errors import ConfigError, ModelInputError
 from jaxseg.inference.blend import BLENDS, window
 from jaxseg.inference.network import probability_network
 from jaxseg.inference.resample import ResizedRows, TileSampler, reflect
@@ -107,6 +108,33 @@ def _smallest_output(model: SegmentationModel, side: int) -> int:
     """The smallest output side >= `side` of a model with input padding."""
     _, label_pads = model.input_padding(side, side)
     return side + sum(label_pads[0])
+
+
+def check_options(
+    *, batch_size=8, overlap=None, scales=(1.0,), blend="linear", flag_prefix=""
+) -> None:
+    """ConfigError, naming the option and its range, for a Predictor option out of range;
+    cheap, so that command lines check their flags before loading any model.
+
+    Args:
+      flag_prefix: "--" names the options as command-line flags.
+    """
+
+    def refuse(name, value, allowed):
+        raise ConfigError(f"{flag_prefix}{name}={value}: {allowed}")
+
+    if blend not in BLENDS:
+        refuse("blend", blend, f"one of {BLENDS}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        refuse("batch_size", batch_size, "tiles per network call, an integer >= 1")
+    if overlap is not None and not 0 <= overlap < 1:  # NaN is refused too
+        refuse("overlap", overlap, "the fraction of a tile its neighbours share, in [0, 1)")
+    if not scales or not all(math.isfinite(s) and s > 0 for s in map(float, scales)):
+        refuse("scales", ",".join(map(str, scales)), "positive finite factors, e.g. 0.75,1,1.25")
 
 
 def default_tile(model: SegmentationModel, side: int = 512) -> tuple[int, int] | None:
@@ -171,20 +199,14 @@ class Predictor:
           scales: resize factors of multi-scale prediction, averaged; (1.0,) is none.
 
         Raises:
-          ModelInputError (a ValueError) for a tile the model cannot take, naming the
-          nearest valid sizes, or a tile for a position-dependent model.
+          ConfigError (check_options) for options out of their range, ModelInputError for
+          a tile the model cannot take, naming the nearest valid sizes, or a tile for a
+          position-dependent model (both ValueErrors).
         """
-        if blend not in BLENDS:
-            raise ValueError(f"blend {blend!r} is not one of {BLENDS}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_options(batch_size=batch_size, overlap=overlap, scales=scales, blend=blend)
         scales = tuple(float(s) for s in scales)
-        if not scales or min(scales) <= 0:
-            raise ValueError(f"scales must be positive factors, got {scales}")
         padded = model.input_padding(1, 1) is not None
         overlap = (0.0 if padded else 0.25) if overlap is None else float(overlap)
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
         self.model, self.info = model, info
         self._probabilities = network or probability_network(model, info)
         self.num_classes = info.num_classes
@@ -307,7 +329,7 @@ class Predictor:
             axes.append(AxisTiles(size, input_tile, output, context, starts, output - step))
         return axes[0], axes[1]
 
-    def _band_rows(self, sampler: TileSampler) -> Iterator[tuple[int, np.ndarray]]:
+    def _band_rows(self, sampler: TileSampler, bar) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 probabilities of the rows) of the sampled image, top to bottom."""
         rows, cols = self._layout(sampler.height, sampler.width)
         tiles = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
@@ -342,12 +364,15 @@ class Predictor:
                 for slot, (i, j) in enumerate(done_batch):
                     weight = np.multiply.outer(row_weights[i], col_weights[j])
                     band.add(rows.starts[i], cols.starts[j], done_outputs[slot], weight)
+                bar.update(len(done_batch))
                 finished = rows.starts[batch[0][0]] if batch is not None else sampler.height
                 if (chunk := band.finish(finished)) is not None:
                     yield chunk
             pending = (batch, outputs) if batch is not None else None
 
-    def predict(self, image: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
+    def predict(
+        self, image: np.ndarray, probabilities: np.ndarray | None = None, progress: bool = False
+    ) -> np.ndarray:
         """The class of every pixel; optionally its class probabilities.
 
         Args:
@@ -355,6 +380,7 @@ class Predictor:
           probabilities: an (H, W, num_classes) float array (float16 suffices; a memory-mapped
             .npy from np.lib.format.open_memmap for large images) that receives the
             probabilities, row band by row band; None: not kept.
+          progress: show a progress bar of the tiles (tqdm; it disappears when done).
 
         Returns:
           (H, W) argmax of the averaged probabilities: uint8 when num_classes <= 256, else
@@ -372,24 +398,28 @@ class Predictor:
         if probabilities is not None and probabilities.shape != shape:
             raise ValueError(f"probabilities must have shape {shape}, got {probabilities.shape}")
         mask = np.empty((height, width), np.uint8 if self.num_classes <= 256 else np.int32)
-        for start, rows in self._rows(image):
-            stop = start + len(rows)
-            mask[start:stop] = rows.argmax(axis=-1)
-            if probabilities is not None:
-                probabilities[start:stop] = rows
+        sizes = [_scaled(height, width, scale) for scale in self.scales]
+        count = sum(math.prod(len(axis.starts) for axis in self._layout(*size)) for size in sizes)
+        bar = tqdm(total=count, desc="tiles", unit="tile", leave=False, disable=not progress)
+        with bar:
+            for start, rows in self._rows(image, bar):
+                stop = start + len(rows)
+                mask[start:stop] = rows.argmax(axis=-1)
+                if probabilities is not None:
+                    probabilities[start:stop] = rows
         return mask
 
-    def _rows(self, image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def _rows(self, image: np.ndarray, bar) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 probabilities of the rows) of `image`, averaged over scales."""
         height, width = image.shape[:2]
         if self.scales == (1.0,):
-            yield from self._band_rows(TileSampler(image, height, width))
+            yield from self._band_rows(TileSampler(image, height, width), bar)
             return
         streams = []
         for scale in self.scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            size = _scaled(height, width, scale)
             sampler = TileSampler(image, *size)
-            streams.append(ResizedRows(self._band_rows(sampler), *size, height, width))
+            streams.append(ResizedRows(self._band_rows(sampler, bar), *size, height, width))
         for start in range(0, height, OUTPUT_CHUNK_ROWS):
             stop = min(start + OUTPUT_CHUNK_ROWS, height)
             rows = streams[0].rows(start, stop)  # a new array, added to in place
@@ -397,6 +427,11 @@ class Predictor:
                 rows += stream.rows(start, stop)
             rows /= len(streams)
             yield start, rows
+
+
+def _scaled(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size of the image resized by `scale` (scales == (1.0,): itself)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _band_capacity(rows: AxisTiles, batches) -> int:

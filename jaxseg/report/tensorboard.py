@@ -4,6 +4,7 @@ An event file is a sequence of records: length (uint64), masked CRC32C of the
 length, data (an `Event` proto), masked CRC32C of the data.
 """
 
+import contextlib
 import os
 import struct
 
@@ -34,12 +35,17 @@ def read_events(path: str) -> list[Event]:
 def write_records(path: str, records: list[bytes]) -> None:
     """Writes `records` to `path` atomically."""
     partial = path + ".tmp"
-    with open(partial, "wb") as f:
-        for data in records:
-            header = struct.pack("<Q", len(data))
-            f.write(header + struct.pack("<I", masked_crc32c(header)))
-            f.write(data + struct.pack("<I", masked_crc32c(data)))
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            for data in records:
+                header = struct.pack("<Q", len(data))
+                f.write(header + struct.pack("<I", masked_crc32c(header)))
+                f.write(data + struct.pack("<I", masked_crc32c(data)))
+        os.replace(partial, path)
+    except BaseException:  # a full disk, a signal: no temporary file is left
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
 
 
 def purge_after(directory: str, step: int) -> int:

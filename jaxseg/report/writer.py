@@ -9,7 +9,8 @@ Only process 0 writes (`enabled`); every process must still compute what is
 written (a forward pass on process 0 alone would deadlock a multi-host run).
 On resume, records logged after the checkpoint by the stopped run are moved
 out of metrics.jsonl (to metrics.discarded.jsonl) and purged from the
-TensorBoard events, so steps never go backwards.
+TensorBoard events, so steps never go backwards. Files are written whole or not
+at all (jaxseg.atomic); opening the writer removes what killed processes left.
 """
 
 import io
@@ -19,6 +20,7 @@ import os
 
 import numpy as np
 
+from jaxseg.atomic import sweep_stale_temporaries, write_atomically
 from jaxseg.report import tensorboard
 
 SCALARS = ("loss", "pixel_acc", "mean_acc", "miou", "fwiou", "images_per_second")
@@ -37,15 +39,6 @@ def json_safe(value):
     return value
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes a whole file or nothing: an interruption leaves the old file (or none)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.tmp{os.getpid()}"
-    with open(partial, "wb") as f:
-        f.write(data)
-    os.replace(partial, path)
-
-
 class RunWriter:
     """Writes a run's records, pictures and files under `workdir` (when `enabled`)."""
 
@@ -55,6 +48,9 @@ class RunWriter:
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self.tensorboard_dir = os.path.join(workdir, "tensorboard")
         self._events = None
+        if enabled and os.path.isdir(workdir):
+            # What a killed process left half-written (orbax and TensorBoard keep their own).
+            sweep_stale_temporaries(workdir, skip=("checkpoints", "tensorboard"))
 
     @property
     def events(self):

@@ -641,9 +641,14 @@ def _write_integrity(directory: str) -> None:
             if relative != INTEGRITY_FILE:
                 files[relative] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
     partial = os.path.join(directory, f"{INTEGRITY_FILE}.tmp")
-    with open(partial, "w") as f:
-        json.dump({"files": files}, f, indent=1, sort_keys=True)
-    os.replace(partial, os.path.join(directory, INTEGRITY_FILE))
+    try:
+        with open(partial, "w") as f:
+            json.dump({"files": files}, f, indent=1, sort_keys=True)
+        os.replace(partial, os.path.join(directory, INTEGRITY_FILE))
+    except BaseException:  # a full disk, a signal: no temporary file is left
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
 
 
 def _remove_unfinished_saves(directory: str) -> None:
