@@ -26,8 +26,8 @@ from jaxseg.inference.files import predict_files
 from jaxseg.inference.png import write_png
 from jaxseg.models import get_model
 from jaxseg.report import tensorboard
-from jaxseg.run import checkpoint
 from jaxseg.report.writer import RunWriter
+from jaxseg.run import checkpoint
 
 TILE = (32, 32)
 INFO = SegmentationInfo(("a", "b", "c"), palette=((0, 0, 0), (255, 0, 0), (0, 0, 255)))

@@ -16,9 +16,9 @@ predicted, 3 when some could not be read (they are listed), 2 for a jaxseg error
 (flags, inputs and outputs are checked before the model is loaded).
 """
 
-import ctypes
 from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
 
+import ctypes
 import sys
 
 from absl import app, flags

@@ -161,7 +161,8 @@ class SegmentationModel(nn.Module):
         super().__post_init__()
         if self.parent is None:  # built as a top-level model (apply's clones have a scope)
             self.check_options()
-            self.required_features(self.build_encoder(detached=True))
+            if "encoder" in self.__dataclass_fields__:  # a model may write its own __call__
+                self.required_features(self.build_encoder(detached=True))
 
     # What a model writes.
 
