@@ -17,16 +17,13 @@ from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before
 
 from absl import app, flags
 
-from jaxseg.inference.files import parse_scales, parse_tile
+from jaxseg.commands.prediction_flags import define_prediction_flags
 from jaxseg.evaluation.evaluate import PredictionSettings, evaluate_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.", required=True)
 _SPLIT = flags.DEFINE_string("split", None, "Split (default: the test split, else eval split).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_TILE = flags.DEFINE_string("tile", None, "H,W: predict tile by tile (default: whole images).")
-_OVERLAP = flags.DEFINE_float("overlap", None, "Fraction of a tile its neighbours share (0.25).")
-_TTA = flags.DEFINE_bool("tta", False, "Average with the horizontally flipped prediction.")
-_SCALES = flags.DEFINE_list("scales", ["1"], "Scales averaged (multi-scale TTA), e.g. 0.75,1,1.25.")
+_PREDICTION = define_prediction_flags("default: whole images, batched")
 
 
 def main(argv):
@@ -34,12 +31,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     cli.initialize_distributed()
-    settings = PredictionSettings(
-        tile=parse_tile(_TILE.value) if _TILE.value else None,
-        overlap=_OVERLAP.value,
-        flip=_TTA.value,
-        scales=parse_scales(_SCALES.value),
-    )
+    settings = PredictionSettings(tile=_PREDICTION.parsed_tile(), **_PREDICTION.options())
     evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value, settings)
 
 

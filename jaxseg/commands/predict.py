@@ -25,7 +25,8 @@ from absl import app, flags
 
 from jaxseg.errors import ConfigError
 from jaxseg.inference import Predictor, default_tile
-from jaxseg.inference.files import parse_scales, parse_tile, plan_outputs, predict_files
+from jaxseg.commands.prediction_flags import define_prediction_flags
+from jaxseg.inference.files import plan_outputs, predict_files
 from jaxseg.inference.tiling import check_options
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
@@ -34,10 +35,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _INPUT = flags.DEFINE_multi_string("input", None, "Image file, directory or glob pattern.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Tiles per network call.")
-_TILE = flags.DEFINE_string("tile", None, "H,W of the tiles (default ~512x512); 0 = whole images.")
-_OVERLAP = flags.DEFINE_float("overlap", None, "Fraction of a tile its neighbours share (0.25).")
-_TTA = flags.DEFINE_bool("tta", False, "Average with the horizontally flipped prediction.")
-_SCALES = flags.DEFINE_list("scales", ["1"], "Scales averaged (multi-scale TTA), e.g. 0.75,1,1.25.")
+_PREDICTION = define_prediction_flags("default ~512x512; 0 = whole images")
 _SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write NAME_probs.npy (float16).")
 _NO_OVERLAY = flags.DEFINE_bool("no_overlay", False, "Do not write NAME_overlay.png.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Predict images whose outputs exist.")
@@ -46,21 +44,19 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Predict images whose outputs
 def predictor_from_flags() -> Predictor:
     options = dict(
         batch_size=_BATCH.value,
-        overlap=_OVERLAP.value,
-        flip=_TTA.value,
-        scales=parse_scales(_SCALES.value),
+        **_PREDICTION.options(),
     )
     check_options(**{k: v for k, v in options.items() if k != "flip"}, flag_prefix="--")
     if _EXPORTED.value:
         from jaxseg.inference.export import load_exported
 
-        if _TILE.value or _STEP.value is not None:
+        if _PREDICTION.tile.value or _STEP.value is not None:
             raise ConfigError("--tile and --step belong to --workdir: an export has its own")
         return load_exported(_EXPORTED.value).predictor(**options)
     from jaxseg.run import load_run
 
     trained = load_run(_WORKDIR.value, _STEP.value)
-    tile = parse_tile(_TILE.value) if _TILE.value else default_tile(trained.model)
+    tile = _PREDICTION.parsed_tile() if _PREDICTION.tile.value else default_tile(trained.model)
     return Predictor(trained.model, trained.variables, trained.info, tile=tile, **options)
 
 
