@@ -153,3 +153,72 @@ def test_folder_dataset_of_sixteen_bit_images(tmp_path, caplog):
         image = images[name]
         assert image.dtype == np.uint8 and image.shape == (8, 16, 3)
         assert image.max() == round(high / 3000 * 255) and image.min() == round(low / 3000 * 255)
+
+
+def _smooth(rng, height, width, channels):
+    """An image whose rows and columns change gradually: PNG's encoder picks its filters."""
+    steps = np.cumsum(rng.integers(-3, 4, (height, width, channels)), axis=1)
+    return ((steps + np.cumsum(rng.integers(-3, 4, (height, 1, channels)), axis=0)) % 256).astype(
+        np.uint8
+    )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "P+transparency"])
+def test_png_decoded_by_bands_equals_pil_whole(tmp_path, mode, monkeypatch):
+    """8-bit PNGs are decoded a band of rows at a time (no full-size PIL buffer): the same
+    pixels as PIL's whole-image decode, for every colour type and band height, and PIL never
+    loads the full-size image."""
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(0)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}.get(mode, 3)
+    pixels = _smooth(rng, 37, 53, channels)
+    if mode.startswith("P"):
+        image = Image.fromarray(pixels).quantize(37)
+        if mode == "P+transparency":
+            image.info["transparency"] = 3
+    else:
+        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    path = tmp_path / "image.png"
+    image.save(path)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    loaded = []
+    original_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(
+        PngImagePlugin.PngImageFile,
+        "load",
+        lambda self: loaded.append(self.size) or original_load(self),
+    )
+    for band_pixels in (1, 7 * 53, 10**6):  # one row, 7 rows, the whole image at once
+        loaded.clear()
+        monkeypatch.setattr(images_module, "_PIXELS_PER_BAND", band_pixels)
+        np.testing.assert_array_equal(read_image(str(path)), expected)
+        tallest = max(height for _, height in loaded)
+        assert tallest == min(37, band_pixels // 53 + 1 if band_pixels > 1 else 2)
+
+
+def test_pngs_the_band_path_does_not_take_are_read_whole(tmp_path):
+    """16-bit PNGs (scaled by a range) and PNGs with an EXIF orientation go through PIL."""
+    from jaxseg.data.png_bands import read_png_by_bands
+
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000).save(path)
+    assert read_png_by_bands(str(path), 4) is None
+    assert read_image(str(path), (0, 11000)).shape == (3, 4, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated = tmp_path / "rotated.png"
+    Image.fromarray(np.zeros((3, 5, 3), np.uint8)).save(rotated, exif=exif)
+    assert read_png_by_bands(str(rotated), 4) is None
+    assert read_image(str(rotated)).shape == (5, 3, 3)
+
+
+def test_a_truncated_png_read_by_bands_names_the_file(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "cut.png"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(images_module, "_PIXELS_PER_BAND", 64 * 8)
+    with pytest.raises(DatasetError, match="cut.png: cannot read the image"):
+        read_image(str(path))

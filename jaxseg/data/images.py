@@ -17,12 +17,14 @@ module decodes a file.
 import concurrent.futures
 import contextlib
 import threading
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
+from jaxseg.data.png_bands import read_png_by_bands
 from jaxseg.errors import DataError
 
 MAX_IMAGE_PIXELS = 2**30
@@ -30,7 +32,7 @@ HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _ROWS_PER_CHUNK = 1024  # bounds the float temporary of a high-bit-depth conversion
 _PIXELS_PER_BAND = 2**22  # bounds the copies made while an 8-bit image becomes an array
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError)
 
 
 class DatasetError(DataError):
@@ -125,6 +127,10 @@ def read_image(path: str, intensity_range: tuple[float, float] | None = None) ->
     """
     with _open(path) as image:
         try:
+            if image.format == "PNG":  # no full-size decode buffer beside the array
+                array = read_png_by_bands(path, _PIXELS_PER_BAND)
+                if array is not None:
+                    return array
             image.load()  # decodes: a truncated or corrupt file fails here
             ImageOps.exif_transpose(image, in_place=True)
             if image.mode in HIGH_BIT_DEPTH_MODES:
