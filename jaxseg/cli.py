@@ -120,13 +120,27 @@ def _started(main, argv):
     return main(argv)
 
 
-def run(main, default_config: str | None = None) -> None:
+def _show_command_help(command: str) -> None:
+    """--help describes the command, whichever script or console entry started it: absl
+    prints __main__'s docstring and key flags, so the command module's become them."""
+    module = sys.modules[command]
+    sys.modules["__main__"].__doc__ = module.__doc__
+    main_name = sys.argv[0]
+    shared = [__name__, "jaxseg.commands.prediction_flags"]  # cache, processes; tiles, TTA
+    for flag in sum((flags.FLAGS.get_key_flags_for_module(m) for m in [command, *shared]), []):
+        flags.FLAGS.register_key_flag_for_module(main_name, flag)
+        flags.FLAGS.register_key_flag_for_module("__main__", flag)
+
+
+def run(main, default_config: str | None = None, command: str | None = None) -> None:
     """absl.app.run(main) with jaxseg's error reporting (exit statuses: module docstring).
 
     With `default_config`, the tool takes a config: `--config FILE[:ARG]` (either form) and
     `--config.KEY=VALUE` overrides are read here (jaxseg/overrides.py), before absl parses
     the other flags, and main is called as `main(argv, config=..., config_spec=...)`.
     """
+    if command is not None:
+        _show_command_help(command)
     try:
         argv = sys.argv
         preemption.arm_interrupts()  # a Ctrl-C during the imports stops here

@@ -36,7 +36,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main)
+    cli.run(main, command=__name__)
 
 
 if __name__ == "__main__":

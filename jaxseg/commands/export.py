@@ -1,4 +1,4 @@
-"""`jaxseg export` (python export.py): a trained run's prediction function (StableHLO) in one file.
+r"""`jaxseg export` (python export.py): a trained run's prediction function (StableHLO) in one file.
 
     jaxseg export --workdir runs/default --output default.jaxexport
     jaxseg export --workdir runs/camvid_unet --output camvid.jaxexport \
@@ -72,7 +72,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main)
+    cli.run(main, command=__name__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`jaxseg predict` (python predict.py): segments images of any size with a trained run.
+r"""`jaxseg predict` (python predict.py): segments images of any size with a trained run.
 
     jaxseg predict --workdir runs/default --input photos/ --output predictions/
     jaxseg predict --workdir runs/camvid_unet --input 'street/*.png' --output out \
@@ -104,7 +104,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main)
+    cli.run(main, command=__name__)
 
 
 if __name__ == "__main__":

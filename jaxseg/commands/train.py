@@ -37,7 +37,7 @@ def main(argv, config, config_spec):
 
 
 def run():
-    cli.run(main, _DEFAULT_CONFIG)
+    cli.run(main, _DEFAULT_CONFIG, command=__name__)
 
 
 if __name__ == "__main__":
