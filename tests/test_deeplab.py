@@ -12,6 +12,8 @@ from torchvision_random import random_torchvision_state_dict, weights_fingerprin
 
 from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import ConfigError
+from jaxseg.inference import Predictor
+from jaxseg.inference.export import export_model, load_exported
 from jaxseg.models import get_model
 from jaxseg.models.deeplab import DeepLabV3Plus
 from jaxseg.models.pretrained import (
@@ -197,7 +199,7 @@ def test_rates_and_input_contract():
     assert os16.input_multiple() == 16 and os16.tile_period() == 16
     plus = get_model("deeplabv3plus", num_classes=3, output_stride=8, encoder="resnet18")
     assert plus.rates() == (12, 24, 36) and plus.input_multiple() == 8
-    assert os16.position_dependent() and plus.position_dependent()
+    assert not os16.position_dependent() and not plus.position_dependent()
 
 
 @pytest.mark.parametrize("name", ["deeplabv3", "deeplabv3plus"])
@@ -248,3 +250,23 @@ def test_remat_dtype_and_dropout(name):
     assert np.abs(np.asarray(half) - np.asarray(evaluated)).max() < 0.1 * (
         np.abs(np.asarray(evaluated)).max() + 1
     )
+
+
+def test_export_and_tiles(tmp_path):
+    """The exported model predicts what the in-process one does (tiled); tiles are allowed
+    but pool their own image-level context, so they differ from the whole image."""
+    info = SegmentationInfo(("a", "b", "c"))
+    model = get_model("deeplabv3plus", num_classes=3, encoder="resnet18", channels=16)
+    tile = (64, 64)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, *tile, 3)))
+    path = str(tmp_path / "model.jaxexport")
+    export_model(path, model, variables, info, tile, platforms=("cpu",))
+    loaded = load_exported(path)
+    assert loaded.tile_period() == 16 and not loaded.position_dependent()
+    image = np.random.default_rng(1).integers(0, 255, (90, 100, 3), np.uint8)
+    expected, got, whole = (np.zeros((90, 100, 3), np.float32) for _ in range(3))
+    Predictor(model, variables, info, tile=tile).predict(image, expected)
+    loaded.predictor().predict(image, got)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    Predictor(model, variables, info, tile=None).predict(image, whole)
+    assert np.abs(whole - expected).max() > 1e-4

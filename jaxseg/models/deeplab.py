@@ -14,7 +14,7 @@ ASPP's "branch0" is the 1x1 conv, "branch1..3" the atrous convs, "pooling" the i
 branch, "project" the projection.
 
 Image-level pooling averages the whole input: a pixel's prediction depends on every other
-pixel, so a tiled prediction differs from the whole image's (see `position_dependent`).
+pixel, so a tiled prediction differs from the whole image's (see `_DeepLab`).
 """
 
 from collections.abc import Mapping, Sequence
@@ -137,12 +137,12 @@ class _DeepLab(SegmentationModel):
     def input_multiple(self) -> int:
         return self.build_encoder(detached=True).max_stride()
 
-    def position_dependent(self) -> bool:
-        # Not position-dependent in the base's sense (a shifted image gives a shifted
-        # prediction), but image pooling makes every pixel depend on the whole input:
-        # tiles would each see only their own average. True sends tiled prediction to
-        # whole-image prediction (jaxseg/inference/tiling.py).
-        return True
+    # position_dependent() stays False and tile_period() is the output stride: the model
+    # does not look at where a pixel lies, and a shift by the stride shifts the features.
+    # But image pooling is not local: a tile's prediction uses the tile's own average, so
+    # tiles differ from the whole image everywhere (slightly), not only near their edges;
+    # they see what the model saw when trained on crops. Whole-image prediction (tile=None,
+    # evaluate.py's default) is the single-pass reference.
 
     def aspp(self, x, train: bool):
         """ASPP ("aspp") on the deepest feature (called inside a checkpointed block)."""
