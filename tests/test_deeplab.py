@@ -19,6 +19,7 @@ from jaxseg.models import get_model
 from jaxseg.models.deeplab import DeepLabV3Plus
 from jaxseg.models.pretrained import (
     WeightsError,
+    load_encoder_weights,
     load_model_weights,
     model_reference_shapes,
     model_reference_state_dict,
@@ -280,3 +281,23 @@ def test_export_and_tiles(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-6)
     Predictor(model, variables, info, tile=None).predict(image, whole)
     assert np.abs(whole - expected).max() > 1e-4
+
+
+def test_torchvision_encoder_weights_fit_the_dilated_encoder(tmp_path):
+    """init.encoder_weights: an ImageNet ResNet file (output stride 32) fits the dilated
+    encoder of DeepLabV3+ (dilation changes no shape), as train/initialise.py loads it."""
+    model = get_model("deeplabv3plus", num_classes=3, encoder="resnet18")
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+    )
+    resnet18 = {
+        name.removeprefix("encoder."): value
+        for name, value in _weights("deeplabv3plus_resnet18").items()
+        if name.startswith("encoder.")
+    }
+    path = tmp_path / "resnet18.safetensors"
+    save_safetensors(path, resnet18)
+    loaded = load_encoder_weights(path, model.encoder, dict(model.encoder_options or {}))
+    for collection in ("params", "batch_stats"):
+        expected = jax.tree.map(lambda leaf: leaf.shape, shapes[collection]["encoder"])
+        assert jax.tree.map(np.shape, loaded.variables[collection]) == expected
