@@ -76,6 +76,6 @@ def test_model_configs_hold_every_option_of_their_model():
         config = model_config(name)
         assert set(config) == {"name", *model_options(name)}, name
     fcn = model_config("fcn8s", encoder="resnet18")
-    assert dict(fcn.encoder_options) == {"output_stride": 32}
+    assert dict(fcn.encoder_options) == {"output_stride": 32, "dilate_first_block": False}
     with pytest.raises(ValueError, match=r"model 'unet' has no option\(s\) \['widht'\]"):
         model_config("unet", widht=3)

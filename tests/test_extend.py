@@ -180,10 +180,16 @@ def test_loss_terms_and_their_options_from_the_command_line():
 def test_changing_the_model_or_encoder_rebuilds_its_options():
     config = load_config(DEFAULT, [("model.name", "fcn8s"), ("model.encoder", "resnet18")])
     assert config.model.name == "fcn8s" and "base_features" not in config.model
-    assert config.model.encoder_options.to_dict() == {"output_stride": 32}
+    assert config.model.encoder_options.to_dict() == {
+        "output_stride": 32,
+        "dilate_first_block": False,
+    }
     unet = load_config(DEFAULT, [("model.encoder", "resnet34")])
     assert unet.model.base_features == 16  # the rest of the model's options are kept
-    assert unet.model.encoder_options.to_dict() == {"output_stride": 32}
+    assert unet.model.encoder_options.to_dict() == {
+        "output_stride": 32,
+        "dilate_first_block": False,
+    }
 
 
 def test_config_file_arguments_are_checked():

@@ -42,6 +42,9 @@ OS8 = {"encoder": "resnet18", "encoder_options": {"output_stride": 8}}
         ("fcn8s", OS8, 8, 8, False, False),
         ("hypercolumn", {}, 32, 32, False, False),
         ("hypercolumn", {"location_grid": 2}, 32, 32, False, True),
+        # Tiles may be used, though image pooling makes them differ from the whole image.
+        ("deeplabv3", {"encoder": "resnet18"}, 8, 8, False, False),
+        ("deeplabv3plus", {}, 16, 16, False, False),
     ],
 )
 def test_models_declare_their_input_needs(

@@ -56,7 +56,8 @@ def _last_residual_batch_norms(shapes) -> set[str]:
     """ "layer2.0.bn3"-style module names: the highest bn{k} of each ResNet block."""
     last = {}
     for name in shapes:
-        match = re.fullmatch(r"(layer\d+\.\d+)\.bn(\d+)\.weight", name)
+        # Optionally prefixed: a whole model's backbone ("backbone.", smp's "encoder.").
+        match = re.fullmatch(r"((?:\w+\.)?layer\d+\.\d+)\.bn(\d+)\.weight", name)
         if match:
             block, index = match.group(1), int(match.group(2))
             last[block] = max(last.get(block, 0), index)

@@ -7,6 +7,7 @@ Sizes and variants are partials of one module (FCN-32s/16s/8s differ only in
 import functools
 
 from jaxseg.models.base import Encoder, FeatureSpec, SegmentationModel
+from jaxseg.models.deeplab import DeepLabV3, DeepLabV3Plus
 from jaxseg.models.encoders import register_encoder
 from jaxseg.models.fcn import FCN
 from jaxseg.models.hypercolumn import Hypercolumn
@@ -22,6 +23,8 @@ MODELS = Registry(
         "hypercolumn": Hypercolumn,
         "unet": UNet,
         "unet_original": functools.partial(UNet, padding="VALID", use_batch_norm=False),
+        "deeplabv3": DeepLabV3,
+        "deeplabv3plus": DeepLabV3Plus,
     },
 )
 

@@ -237,13 +237,32 @@ def encoder_variables(
         non-float tensors, with counts.
     """
     tensors = _tensors(encoder_name, _options_key(encoder_options))
+    return _variables_from(
+        tensors,
+        state_dict,
+        lambda name: _ignored(encoder_name, tensors, name),
+        f"encoder {encoder_name!r} (options {dict(encoder_options or {})}; torchvision names)",
+        source,
+    )
+
+
+def _variables_from(tensors, state_dict: dict, ignored, what: str, source: str) -> dict:
+    """{"params", "batch_stats"} from a state dict, every tensor checked by name and shape.
+
+    Args:
+      tensors: the _Tensor of every variable.
+      state_dict: {reference name: array}.
+      ignored: name -> whether a tensor the variables have no use for may be in the file.
+      what: what the tensors should fit, for the error ("encoder 'resnet18' (...)").
+      source: where `state_dict` came from, for the error.
+
+    Raises:
+      WeightsError: listing the missing, unexpected, wrongly shaped and non-float
+        tensors, with counts.
+    """
     expected = {tensor.torch_name: tensor for tensor in tensors}
     missing = sorted(name for name in expected if name not in state_dict)
-    unexpected = sorted(
-        name
-        for name in state_dict
-        if name not in expected and not _ignored(encoder_name, tensors, name)
-    )
+    unexpected = sorted(name for name in state_dict if name not in expected and not ignored(name))
     wrong_shape, not_float = [], []
     for name, tensor in sorted(expected.items()):
         if name not in state_dict:
@@ -265,8 +284,7 @@ def encoder_variables(
     ]
     if problems:
         raise WeightsError(
-            f"{source or 'state dict'}: the tensors do not fit encoder {encoder_name!r}"
-            f" (options {dict(encoder_options or {})}; torchvision names): " + "; ".join(problems)
+            f"{source or 'state dict'}: the tensors do not fit {what}: " + "; ".join(problems)
         )
     variables = {"params": {}, "batch_stats": {}}
     for tensor in tensors:
@@ -417,3 +435,186 @@ def save_safetensors(path, state_dict: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     safetensors.numpy.save_file(arrays, partial)
     os.replace(partial, path)
+
+
+# Whole models: torchvision's DeepLabV3 and segmentation_models_pytorch's DeepLabV3+.
+# {layout: (the reference's prefix of the encoder, of ASPP, {jaxseg module: reference
+# module} for the rest, prefixes of reference tensors the model has no use for)}.
+MODEL_LAYOUTS = {
+    "torchvision_deeplabv3": (
+        "backbone.",
+        "classifier.0.",
+        {"head_conv": "classifier.1", "head_bn": "classifier.2", "classifier": "classifier.4"},
+        ("aux_classifier.",),  # the pretrained COCO weights' auxiliary FCN head
+    ),
+    "smp_deeplabv3plus": (
+        "encoder.",
+        "decoder.aspp.0.",
+        {
+            "aspp_conv_depthwise": "decoder.aspp.1.0",
+            "aspp_conv_pointwise": "decoder.aspp.1.1",
+            "aspp_conv_bn": "decoder.aspp.2",
+            "low_level_conv": "decoder.block1.0",
+            "low_level_bn": "decoder.block1.1",
+            "fuse_depthwise": "decoder.block2.0.0",
+            "fuse_pointwise": "decoder.block2.0.1",
+            "fuse_bn": "decoder.block2.1",
+            "classifier": "segmentation_head.0",
+        },
+        ("classification_head.",),
+    ),
+}
+
+
+def _aspp_module(module: str) -> str:
+    """The reference's ASPP module (after its prefix) of a jaxseg ASPP submodule:
+    "branch2_conv" -> "convs.2.0", separable "branch2_depthwise" -> "convs.2.0.0",
+    "pooling_bn" -> "convs.4.2" (after the pooling), "project_conv" -> "project.0"."""
+    branch, kind = module.split("_", 1)
+    if branch == "project":
+        return {"conv": "project.0", "bn": "project.1"}[kind]
+    if branch == "pooling":
+        return {"conv": "convs.4.1", "bn": "convs.4.2"}[kind]
+    index = int(branch.removeprefix("branch"))
+    sub = {"conv": "0", "depthwise": "0.0", "pointwise": "0.1", "bn": "1"}[kind]
+    return f"convs.{index}.{sub}"
+
+
+def _model_module(layout: str, path: tuple[str, ...]) -> str:
+    encoder_prefix, aspp_prefix, modules, _ = MODEL_LAYOUTS[layout]
+    if path[0] == "encoder":
+        return encoder_prefix + _resnet_module(tuple(path[1:]))
+    if path[0] == "aspp":
+        (module,) = path[1:]
+        return aspp_prefix + _aspp_module(module)
+    (module,) = path
+    return modules[module]
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in MODEL_LAYOUTS:
+        raise WeightsError(f"unknown weights layout {layout!r}; known: {list(MODEL_LAYOUTS)}")
+
+
+def _model_tensors(model, layout: str) -> tuple[_Tensor, ...]:
+    """Every variable of a model (shapes from its `init`) with its name in `layout`."""
+    _check_layout(layout)
+    side = 4 * model.input_multiple()
+    images = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    tensors = []
+    for collection in ("params", "batch_stats"):
+        flat = jax.tree_util.tree_flatten_with_path(dict(shapes.get(collection, {})))[0]
+        for key_path, leaf in flat:
+            path = tuple(key.key for key in key_path)
+            *module_path, leaf_name = path
+            try:
+                module = _model_module(layout, tuple(module_path))
+                torch_name = f"{module}.{_LEAVES[leaf_name]}"
+            except (KeyError, ValueError) as error:
+                raise WeightsError(
+                    f"{type(model).__name__}: no {layout} name for variable {collection}/"
+                    + "/".join(path)
+                ) from error
+            layout_kind = "conv" if leaf_name == "kernel" else "vector"
+            tensors.append(_Tensor(collection, path, tuple(leaf.shape), torch_name, layout_kind))
+    return tuple(tensors)
+
+
+def model_reference_shapes(model, layout: str) -> dict[str, tuple[int, ...]]:
+    """The reference tensors a whole model reads, by name, with the reference's shapes.
+
+    Args:
+      model: a jaxseg model, e.g. `get_model("deeplabv3", num_classes=21)`.
+      layout: "torchvision_deeplabv3" (torchvision's `deeplabv3_resnet50` and its ResNet
+        variants) or "smp_deeplabv3plus" (segmentation_models_pytorch's `DeepLabV3Plus`
+        on a ResNet encoder).
+
+    Returns:
+      {reference name: shape}, without the ignored tensors and batch counters.
+    """
+    return {tensor.torch_name: tensor.torch_shape for tensor in _model_tensors(model, layout)}
+
+
+def model_variables(model, state_dict: dict, layout: str, source: str = "") -> dict:
+    """A whole model's variables from a reference state dict, every tensor checked.
+
+    Args:
+      model: the jaxseg model the weights are for (its options fix every shape).
+      state_dict: {reference name: array}, e.g. `read_state_dict(path)`.
+      layout: see `model_reference_shapes`.
+      source: where `state_dict` came from (a file name), for error messages.
+
+    Returns:
+      {"params": ..., "batch_stats": ...} nested dicts of float32 numpy arrays, as the
+      model's `init` returns them.
+
+    Raises:
+      WeightsError: listing the missing, unexpected, wrongly shaped and non-float
+        tensors, with counts (the same report as `encoder_variables`).
+    """
+    tensors = _model_tensors(model, layout)
+    ignored = ("num_batches_tracked",)
+    prefixes = MODEL_LAYOUTS[layout][3]
+    return _variables_from(
+        tensors,
+        state_dict,
+        lambda name: name.endswith(ignored) or name.startswith(prefixes),
+        f"model {type(model).__name__} ({layout} names)",
+        source,
+    )
+
+
+def model_reference_state_dict(model, variables, layout: str) -> dict:
+    """The inverse of `model_variables`: jaxseg model variables -> reference names.
+
+    Args:
+      model: the jaxseg model.
+      variables: its {"params", "batch_stats"}.
+      layout: see `model_reference_shapes`.
+
+    Returns:
+      {reference name: contiguous float32 numpy array}.
+
+    Raises:
+      WeightsError: a variable is missing or has the wrong shape.
+    """
+    state_dict, problems = {}, []
+    for tensor in _model_tensors(model, layout):
+        node, where = variables.get(tensor.collection, {}), "/".join(tensor.path)
+        try:
+            for key in tensor.path:
+                node = node[key]
+        except (KeyError, TypeError):
+            problems.append(f"{tensor.collection}/{where} missing")
+            continue
+        if tuple(np.shape(node)) != tensor.shape:
+            problems.append(
+                f"{tensor.collection}/{where} {np.shape(node)} (expected {tensor.shape})"
+            )
+            continue
+        state_dict[tensor.torch_name] = tensor.to_torch(np.asarray(node))
+    if problems:
+        raise WeightsError(
+            f"variables do not fit model {type(model).__name__}: {len(problems)} problems:"
+            f" {_listed(problems)}"
+        )
+    return state_dict
+
+
+def load_model_weights(path, model, layout: str) -> LoadedWeights:
+    """Reads a whole model's reference weights file (torchvision DeepLabV3, smp DeepLabV3+).
+
+    Args:
+      path: `.safetensors`, `.npz`, or `.pth`/`.pt` (with torch installed).
+      model: the jaxseg model.
+      layout: see `model_reference_shapes`.
+
+    Returns:
+      LoadedWeights: the model's `variables`, the file's `sha256` and `path`.
+
+    Raises:
+      WeightsError: the file cannot be read or its tensors do not fit (named).
+    """
+    variables = model_variables(model, read_state_dict(path), layout, source=str(path))
+    return LoadedWeights(variables=variables, sha256=file_sha256(path), path=str(path))

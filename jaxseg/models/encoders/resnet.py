@@ -81,11 +81,14 @@ class ResNet(Encoder):
     Parameter names follow torchvision ("layer3_5/conv2_conv" = layer3[5].conv2)
     so ImageNet weights map one to one. `output_stride` 16 or 8 replaces the
     stride of layer4 (and layer3) by dilation, as torchvision's
-    `replace_stride_with_dilation` (DeepLab).
+    `replace_stride_with_dilation` (DeepLab): the first block of a dilated layer keeps
+    the previous layer's dilation. `dilate_first_block` gives it the layer's own, as
+    segmentation_models_pytorch's `make_dilated` does (its DeepLabV3+ sets it).
     """
 
     depth: int = 50
     output_stride: int = 32
+    dilate_first_block: bool = False
 
     def _layout(self):
         if self.depth not in RESNET_LAYOUTS:
@@ -129,9 +132,10 @@ class ResNet(Encoder):
         ):
             for index in range(num_blocks):
                 # torchvision: a dilated layer's first block keeps the previous dilation.
+                first = index == 0 and not self.dilate_first_block
                 options = dict(
                     strides=strides if index == 0 else 1,
-                    dilation=previous if index == 0 else dilation,
+                    dilation=previous if first else dilation,
                     name=f"layer{layer}_{index}",
                 )
 
