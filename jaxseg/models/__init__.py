@@ -10,6 +10,7 @@ from jaxseg.models.base import Encoder, FeatureSpec, SegmentationModel
 from jaxseg.models.encoders import register_encoder
 from jaxseg.models.fcn import FCN
 from jaxseg.models.hypercolumn import Hypercolumn
+from jaxseg.models.segformer import SegFormer
 from jaxseg.models.unet import UNet
 from jaxseg.registry import Registry
 
@@ -20,6 +21,7 @@ MODELS = Registry(
         "fcn16s": functools.partial(FCN, num_skips=1),
         "fcn8s": functools.partial(FCN, num_skips=2),
         "hypercolumn": Hypercolumn,
+        "segformer": SegFormer,
         "unet": UNet,
         "unet_original": functools.partial(UNet, padding="VALID", use_batch_norm=False),
     },
