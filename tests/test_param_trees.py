@@ -42,6 +42,7 @@ OS8 = {"encoder": "resnet18", "encoder_options": {"output_stride": 8}}
         ("fcn8s", OS8, 8, 8, False, False),
         ("hypercolumn", {}, 32, 32, False, False),
         ("hypercolumn", {"location_grid": 2}, 32, 32, False, True),
+        ("segformer", {}, 32, 32, False, False),
     ],
 )
 def test_models_declare_their_input_needs(

@@ -136,6 +136,11 @@ def test_attention_equals_the_softmax_formula():
     with jax.default_matmul_precision("highest"):
         got = np.asarray(jax.jit(attention)(query, key, value))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # bfloat16 (8 bits of mantissa) computes the same function, in bfloat16.
+    low = [jnp.asarray(a, jnp.bfloat16) for a in (query, key, value)]
+    got = jax.jit(attention)(*low)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=0.05)
 
 
 def test_transformers_5_module_names_read_as_checkpoint_names():
@@ -278,3 +283,33 @@ def test_remat_computes_the_same_function_and_gradients():
         scale = max(np.abs(value).max() for value in want.values())
         for path in want:
             assert np.abs(got[path] - want[path]).max() <= 1e-4 * scale, path
+
+
+def test_encoder_weights_of_a_run_from_a_mit_checkpoint(tmp_path):
+    """init.encoder_weights takes a mit-bX (or SegFormer) checkpoint for a SegFormer run."""
+    from jaxseg.config import load_config_file
+    from jaxseg.train.initialise import load_initialisation
+
+    state_dict = _random_weights("mit_b0")
+    path = tmp_path / "model.safetensors"
+    save_safetensors(path, state_dict)
+    config = load_config_file(str(REPO / "configs" / "segformer_b0.py"))
+    config.init.encoder_weights = str(path)
+    initialisation = load_initialisation(config)
+    expected = segformer_variables(state_dict, {"encoder": "mit_b0", "num_classes": 5})
+    _assert_trees_equal(initialisation.encoder["params"], expected["params"]["encoder"])
+    assert initialisation.record["encoder_weights"]["path"] == str(path)
+
+
+def test_tiles_differ_from_the_whole_image_everywhere():
+    """Attention is global: a tile's prediction differs from the whole image's even at the
+    tile's centre (what a convolutional model would predict alike)."""
+    model = get_model("segformer", num_classes=3)
+    assert not model.position_dependent() and model.tile_period() == 32
+    image = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 128, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), image)
+    apply = jax.jit(model.apply)
+    whole, tile = apply(variables, image), apply(variables, image[:, :, :64])
+    centre = (slice(None), slice(16, 48), slice(16, 48))
+    difference = np.abs(whole[centre] - tile[centre]).max()
+    assert difference > 1e-3 * np.abs(whole).max()

@@ -4,6 +4,13 @@ The decoder is transformers' SegformerDecodeHead: each stage projected by a line
 `decoder_hidden_size` channels, upsampled (bilinear, half-pixel centres) to stride 4,
 concatenated deepest first, fused by a 1x1 conv (no bias) + batch norm + ReLU, dropout, and
 classified by a 1x1 conv at stride 4; the base class resizes the scores to the input.
+
+Tiled prediction is allowed but is not the whole image's: the model has no positional
+encoding (`position_dependent` is False) and its strided convs and sequence reductions all
+lie on a 32-pixel grid (`tile_period` 32), but attention is global over its input, so a
+tile's prediction differs from the whole image's everywhere in the tile, not only near its
+edges (tested). Predict whole images (`tile=None`) where they fit, or with tiles as large as
+memory allows (the paper's Cityscapes evaluation slides 1024x1024 windows).
 """
 
 from collections.abc import Mapping

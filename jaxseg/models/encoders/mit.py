@@ -8,6 +8,8 @@ a LayerNorm; no positional encoding (the depthwise conv gives position). Tokens 
 maps throughout; only the attention flattens them.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,10 +40,24 @@ def _layer_norm(x, name: str):
 def attention(query, key, value):
     """Multi-head attention of (B, T, heads, d) queries over (B, S, heads, d) keys/values.
 
-    `jax.nn.dot_product_attention`: softmax(Q K^T / sqrt(d)) V, computed by cuDNN's fused
-    kernel where the backend has it, by XLA elsewhere.
+    softmax(Q K^T / sqrt(d)) V by `jax.nn.dot_product_attention`, which computes it with
+    XLA unless told otherwise. cuDNN's fused kernel takes float16/bfloat16 only and can be
+    traced only where cuDNN is installed, so there, for those types, both forms are traced
+    and each platform lowers its own (`platform_dependent`: an export for CPU and CUDA
+    carries both); everywhere else it is XLA's.
     """
-    return jax.nn.dot_product_attention(query, key, value)
+    if query.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.lax.platform_dependent(
+                query,
+                key,
+                value,
+                cuda=functools.partial(jax.nn.dot_product_attention, implementation="cudnn"),
+                default=functools.partial(jax.nn.dot_product_attention, implementation="xla"),
+            )
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass  # no cuDNN here, or shapes its kernel does not take
+    return jax.nn.dot_product_attention(query, key, value, implementation="xla")
 
 
 class EfficientSelfAttention(nn.Module):
