@@ -188,6 +188,17 @@ def test_bin_checkpoint_without_torch_says_how_to_convert(tmp_path, monkeypatch)
         read_state_dict(path)
 
 
+def test_bin_checkpoint_with_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    state_dict = _random_weights("mit_b0")
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({name: torch.from_numpy(value) for name, value in state_dict.items()}, path)
+    options = {"encoder": "mit_b0", "num_classes": 5}
+    _assert_trees_equal(
+        load_segformer_weights(path, options).variables, segformer_variables(state_dict, options)
+    )
+
+
 def test_encoder_only_from_a_classification_or_segmentation_checkpoint(tmp_path):
     """An ImageNet mit-bX checkpoint (encoder + "classifier.") or a SegFormer one (encoder +
     "decode_head.") gives the encoder of the model, for fine-tuning."""

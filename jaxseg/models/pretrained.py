@@ -1,4 +1,7 @@
-"""torchvision ImageNet weights <-> jaxseg encoder variables (VGG16, ResNet-18/34/50).
+"""torchvision ImageNet weights <-> jaxseg encoder variables (VGG16, ResNet-18/34/50), and
+transformers SegFormer checkpoints <-> jaxseg SegFormer / MiT variables (section at the end:
+a Hub model.safetensors, e.g. nvidia/segformer-b0-finetuned-ade-512-512's, reads without
+torch; `load_encoder_weights(path, "mit_b0")` takes an ImageNet nvidia/mit-b0 checkpoint).
 
 Getting the real weights (needs internet and torch once, on any machine)::
 
