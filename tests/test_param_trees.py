@@ -45,6 +45,7 @@ OS8 = {"encoder": "resnet18", "encoder_options": {"output_stride": 8}}
         # Tiles may be used, though image pooling makes them differ from the whole image.
         ("deeplabv3", {"encoder": "resnet18"}, 8, 8, False, False),
         ("deeplabv3plus", {}, 16, 16, False, False),
+        ("segformer", {}, 32, 32, False, False),
     ],
 )
 def test_models_declare_their_input_needs(

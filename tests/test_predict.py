@@ -117,6 +117,7 @@ def test_export_cli_and_the_exported_model_predict_the_same(run_dir, images, tmp
         ("fcn8s", {"encoder": "resnet18"}, (64, 64)),
         ("hypercolumn", {"encoder": "resnet18", "projection_features": 8}, (64, 64)),
         ("unet_original", {"base_features": 4, "depth": 2}, (76, 76)),
+        ("segformer", {}, (64, 64)),
     ],
 )
 def test_exported_model_equals_in_process_prediction(name, options, tile, tmp_path):

@@ -11,6 +11,7 @@ from jaxseg.models.deeplab import DeepLabV3, DeepLabV3Plus
 from jaxseg.models.encoders import register_encoder
 from jaxseg.models.fcn import FCN
 from jaxseg.models.hypercolumn import Hypercolumn
+from jaxseg.models.segformer import SegFormer
 from jaxseg.models.unet import UNet
 from jaxseg.registry import Registry
 
@@ -21,6 +22,7 @@ MODELS = Registry(
         "fcn16s": functools.partial(FCN, num_skips=1),
         "fcn8s": functools.partial(FCN, num_skips=2),
         "hypercolumn": Hypercolumn,
+        "segformer": SegFormer,
         "unet": UNet,
         "unet_original": functools.partial(UNet, padding="VALID", use_batch_norm=False),
         "deeplabv3": DeepLabV3,

@@ -1,4 +1,7 @@
-"""torchvision ImageNet weights <-> jaxseg encoder variables (VGG16, ResNet-18/34/50).
+"""torchvision ImageNet weights <-> jaxseg encoder variables (VGG16, ResNet-18/34/50), and
+transformers SegFormer checkpoints <-> jaxseg SegFormer / MiT variables (section at the end:
+a Hub model.safetensors, e.g. nvidia/segformer-b0-finetuned-ade-512-512's, reads without
+torch; `load_encoder_weights(path, "mit_b0")` takes an ImageNet nvidia/mit-b0 checkpoint).
 
 Getting the real weights (needs internet and torch once, on any machine)::
 
@@ -35,6 +38,8 @@ import functools
 import hashlib
 import os
 import pathlib
+import re
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +51,10 @@ from jaxseg.models.encoders import get_encoder
 from jaxseg.models.encoders.vgg import VGG16_BLOCKS
 
 TORCHVISION_ENCODERS = ("vgg16", "resnet18", "resnet34", "resnet50")
-SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
+# transformers' MiT (SegFormer) encoders, read from SegFormer or mit-bX checkpoints.
+MIT_ENCODERS = ("mit_b0", "mit_b1", "mit_b2")
+PRETRAINED_ENCODERS = TORCHVISION_ENCODERS + MIT_ENCODERS
+SUFFIXES = (".safetensors", ".npz", ".pth", ".pt", ".bin")
 MAX_LISTED = 8  # names listed per kind of mismatch in an error; the count says how many more
 
 _LEAVES = {
@@ -58,6 +66,9 @@ _LEAVES = {
 }
 # torchvision's ImageNet classifiers, which the encoders do not have.
 _CLASSIFIERS = {"vgg16": ("classifier.6.",), "resnet": ("fc.",)}
+# A mit-bX ImageNet checkpoint's classifier; a SegFormer checkpoint's decoder.
+_CLASSIFIERS["mit"] = ("classifier.", "decode_head.")
+_NAMING = {"vgg16": "torchvision", "resnet": "torchvision", "mit": "transformers checkpoint"}
 
 
 class WeightsError(JaxsegError):
@@ -83,7 +94,9 @@ class _Tensor:
     path: tuple[str, ...]
     shape: tuple[int, ...]  # jaxseg's
     torch_name: str
-    layout: str  # "conv" (OIHW <-> HWIO), "linear" ((O, C*H*W) <-> HWIO) or "vector"
+    # "conv" (OIHW <-> HWIO), "linear" ((O, C*H*W) <-> HWIO), "dense" ((O, I) <-> (I, O))
+    # or "vector"
+    layout: str
 
     @property
     def torch_shape(self) -> tuple[int, ...]:
@@ -93,6 +106,8 @@ class _Tensor:
         if self.layout == "linear":
             height, width, channels, out = self.shape
             return (out, channels * height * width)
+        if self.layout == "dense":
+            return self.shape[::-1]
         return self.shape
 
     def to_jaxseg(self, array: np.ndarray) -> np.ndarray:
@@ -102,23 +117,29 @@ class _Tensor:
             array = array.reshape(out, channels, height, width)
         if self.layout in ("conv", "linear"):
             array = array.transpose(2, 3, 1, 0)
+        if self.layout == "dense":
+            array = array.T
         return np.asarray(array, np.float32)
 
     def to_torch(self, array: np.ndarray) -> np.ndarray:
         array = np.asarray(array, np.float32)
         if self.layout in ("conv", "linear"):
             array = array.transpose(3, 2, 0, 1)
+        if self.layout == "dense":
+            array = array.T
         if self.layout == "linear":
             array = array.reshape(self.torch_shape)
         return np.ascontiguousarray(array)
 
 
 def _family(encoder_name: str) -> str:
-    if encoder_name not in TORCHVISION_ENCODERS:
+    if encoder_name not in PRETRAINED_ENCODERS:
         raise WeightsError(
-            f"no torchvision weights for encoder {encoder_name!r};"
-            f" supported: {list(TORCHVISION_ENCODERS)}"
+            f"no pretrained weights for encoder {encoder_name!r};"
+            f" supported: {list(PRETRAINED_ENCODERS)}"
         )
+    if encoder_name in MIT_ENCODERS:
+        return "mit"
     return "vgg16" if encoder_name == "vgg16" else "resnet"
 
 
@@ -148,6 +169,29 @@ def _resnet_module(path: tuple[str, ...]) -> str:
     return f"{stage}.{index}.{module}"
 
 
+def _mit_module(path: tuple[str, ...]) -> str:
+    """transformers' checkpoint name of a MiT module: ("block2_1", "attention", "query") ->
+    "segformer.encoder.block.1.1.attention.self.query" (jaxseg counts stages from 1)."""
+    head, *rest = path
+    kind, stage = head.rstrip("0123456789_"), head[len(head.rstrip("0123456789_")) :]
+    if kind == "patch_embed":
+        module = f"patch_embeddings.{int(stage) - 1}." + ".".join(rest)
+    elif kind == "norm" and not rest:
+        module = f"layer_norm.{int(stage) - 1}"
+    elif kind == "block":
+        stage, index = stage.split("_")
+        inner = {
+            ("attention", "output"): "attention.output.dense",
+            ("mlp", "dwconv"): "mlp.dwconv.dwconv",
+        }.get(tuple(rest))
+        if inner is None and rest[0] == "attention":
+            inner = "attention.self." + ".".join(rest[1:])
+        module = f"block.{int(stage) - 1}.{index}." + (inner or ".".join(rest))
+    else:
+        raise ValueError(f"not a MiT module: {path}")
+    return f"segformer.encoder.{module}"
+
+
 def _options_key(encoder_options) -> tuple:
     return tuple(sorted(dict(encoder_options or {}).items()))
 
@@ -170,6 +214,8 @@ def _tensors(encoder_name: str, options_key: tuple) -> tuple[_Tensor, ...]:
             try:
                 if family == "vgg16":
                     module = vgg16_modules[module_path[0]]
+                elif family == "mit":
+                    module = _mit_module(tuple(module_path))
                 else:
                     module = _resnet_module(tuple(module_path))
                 torch_name = f"{module}.{_LEAVES[leaf_name]}"
@@ -178,12 +224,17 @@ def _tensors(encoder_name: str, options_key: tuple) -> tuple[_Tensor, ...]:
                     f"{encoder_name}: no torchvision name for variable {collection}/"
                     + "/".join(path)
                 ) from error
-            if leaf_name != "kernel":
-                layout = "vector"
-            else:
-                layout = "linear" if module.startswith("classifier.") else "conv"
+            layout = _layout(leaf, leaf_name, module)
             tensors.append(_Tensor(collection, path, tuple(leaf.shape), torch_name, layout))
     return tuple(tensors)
+
+
+def _layout(leaf, leaf_name: str, module: str) -> str:
+    if leaf_name != "kernel":
+        return "vector"
+    if len(leaf.shape) == 2:
+        return "dense"
+    return "linear" if module.startswith("classifier.") else "conv"
 
 
 def _ignored(encoder_name: str, tensors: tuple[_Tensor, ...], name: str) -> bool:
@@ -237,11 +288,14 @@ def encoder_variables(
         non-float tensors, with counts.
     """
     tensors = _tensors(encoder_name, _options_key(encoder_options))
+    if _family(encoder_name) == "mit":
+        state_dict = checkpoint_names(state_dict)
     return _variables_from(
         tensors,
         state_dict,
         lambda name: _ignored(encoder_name, tensors, name),
-        f"encoder {encoder_name!r} (options {dict(encoder_options or {})}; torchvision names)",
+        f"encoder {encoder_name!r} (options {dict(encoder_options or {})};"
+        f" {_NAMING[_family(encoder_name)]} names)",
         source,
     )
 
@@ -312,8 +366,15 @@ def torchvision_state_dict(encoder_name: str, variables, encoder_options=None) -
     Raises:
       WeightsError: a variable is missing or has the wrong shape.
     """
+    tensors = _tensors(encoder_name, _options_key(encoder_options))
+    return _state_dict(tensors, variables, f"encoder {encoder_name!r}")
+
+
+def _state_dict(tensors, variables, target: str) -> dict:
+    """`tensors` taken from `variables`, by their reference names; WeightsError naming what
+    is missing or misshapen."""
     state_dict, problems = {}, []
-    for tensor in _tensors(encoder_name, _options_key(encoder_options)):
+    for tensor in tensors:
         node, where = variables.get(tensor.collection, {}), "/".join(tensor.path)
         try:
             for key in tensor.path:
@@ -329,8 +390,7 @@ def torchvision_state_dict(encoder_name: str, variables, encoder_options=None) -
         state_dict[tensor.torch_name] = tensor.to_torch(np.asarray(node))
     if problems:
         raise WeightsError(
-            f"variables do not fit encoder {encoder_name!r}: {len(problems)} problems:"
-            f" {_listed(problems)}"
+            f"variables do not fit {target}: {len(problems)} problems: {_listed(problems)}"
         )
     return state_dict
 
@@ -617,4 +677,161 @@ def load_model_weights(path, model, layout: str) -> LoadedWeights:
       WeightsError: the file cannot be read or its tensors do not fit (named).
     """
     variables = model_variables(model, read_state_dict(path), layout, source=str(path))
+    return LoadedWeights(variables=variables, sha256=file_sha256(path), path=str(path))
+
+
+# SegFormer: transformers checkpoints (SegformerForSemanticSegmentation) <-> jaxseg models.
+
+# transformers >= 5 names its modules differently from its checkpoint files (it renames on
+# loading: transformers/conversion_mapping.py, "SegformerModel"); its `model.state_dict()`
+# read back into the checkpoint names, which `save_pretrained` and the Hub's files use.
+_TRANSFORMERS_5_NAMES = (
+    (
+        r"^(segformer\.)?stages\.(\d+)\.patch_embeddings\.",
+        r"segformer.encoder.patch_embeddings.\2.",
+    ),
+    (r"^(segformer\.)?stages\.(\d+)\.blocks\.", r"segformer.encoder.block.\2."),
+    (r"^(segformer\.)?stages\.(\d+)\.layer_norm\.", r"segformer.encoder.layer_norm.\2."),
+    (r"^encoder\.", "segformer.encoder."),  # a bare SegformerModel's
+    (r"\.attention\.q_proj\.", ".attention.self.query."),
+    (r"\.attention\.k_proj\.", ".attention.self.key."),
+    (r"\.attention\.v_proj\.", ".attention.self.value."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attention.self.sr."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attention.self.layer_norm."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".mlp.dense1."),
+    (r"\.mlp\.fc2\.", ".mlp.dense2."),
+    (r"\.layernorm_before\.", ".layer_norm_1."),
+    (r"\.layernorm_after\.", ".layer_norm_2."),
+    (r"^decode_head\.linear_projections\.", "decode_head.linear_c."),
+)
+_DECODER_MODULES = {
+    "linear_fuse": "decode_head.linear_fuse",
+    "batch_norm": "decode_head.batch_norm",
+    "classifier": "decode_head.classifier",
+}
+
+
+def checkpoint_names(state_dict: dict) -> dict:
+    """A SegFormer state dict under the checkpoint files' names ("segformer.encoder.block.0.0
+    .attention.self.query.weight"), whichever transformers version named it (>= 5 names
+    modules "segformer.stages.0.blocks.0.attention.q_proj"); other names are kept."""
+    renamed = {}
+    for name, value in state_dict.items():
+        for pattern, replacement in _TRANSFORMERS_5_NAMES:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = value
+    return renamed
+
+
+def _segformer_module(path: tuple[str, ...]) -> str:
+    """The checkpoint name of a jaxseg SegFormer module: ("linear_c2",) -> "decode_head.
+    linear_c.1.proj", ("encoder", "block1_0", "mlp", "dense1") -> "segformer.encoder...."."""
+    if path[0] == "encoder":
+        return _mit_module(path[1:])
+    if path[0].startswith("linear_c") and len(path) == 1:
+        return f"decode_head.linear_c.{int(path[0][len('linear_c') :]) - 1}.proj"
+    return _DECODER_MODULES[".".join(path)]
+
+
+@functools.lru_cache(maxsize=16)
+def _segformer_tensors(options_key: tuple) -> tuple[_Tensor, ...]:
+    """Every variable of a SegFormer (shapes only) with its transformers checkpoint name."""
+    from jaxseg.models import get_model
+
+    options = dict(options_key)
+    if options.get("encoder", "mit_b0") not in MIT_ENCODERS:
+        raise WeightsError(
+            f"transformers SegFormer weights need a MiT encoder ({list(MIT_ENCODERS)});"
+            f" got encoder {options['encoder']!r}"
+        )
+    model = get_model("segformer", **options)
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    tensors = []
+    for collection in ("params", "batch_stats"):
+        flat = jax.tree_util.tree_flatten_with_path(dict(shapes.get(collection, {})))[0]
+        for key_path, leaf in flat:
+            *module_path, leaf_name = (key.key for key in key_path)
+            module = _segformer_module(tuple(module_path))
+            torch_name = f"{module}.{_LEAVES[leaf_name]}"
+            path = (*module_path, leaf_name)
+            layout = _layout(leaf, leaf_name, module)
+            tensors.append(_Tensor(collection, path, tuple(leaf.shape), torch_name, layout))
+    return tuple(tensors)
+
+
+def _segformer_options(model_options) -> tuple:
+    return tuple(
+        sorted(
+            (k, tuple(sorted(dict(v).items())) if isinstance(v, Mapping) else v)
+            for k, v in dict(model_options).items()
+            if k not in ("dtype", "remat", "name")  # these do not change the variables
+        )
+    )
+
+
+def segformer_shapes(model_options) -> dict[str, tuple[int, ...]]:
+    """{checkpoint name: shape} of the tensors a SegFormer with `model_options` reads."""
+    return {
+        t.torch_name: t.torch_shape for t in _segformer_tensors(_segformer_options(model_options))
+    }
+
+
+def segformer_variables(state_dict: dict, model_options, source: str = "") -> dict:
+    """A SegFormer's variables from a transformers SegformerForSemanticSegmentation state
+    dict, every tensor checked.
+
+    Args:
+      state_dict: {name: array}: a checkpoint's (`read_state_dict` of a model.safetensors or
+        pytorch_model.bin) or a transformers >= 5 `model.state_dict()`.
+      model_options: the model's options (`get_model("segformer", **model_options)`):
+        encoder, decoder_hidden_size...; num_classes, when absent, is the checkpoint's.
+      source: where `state_dict` came from (a file name), for error messages.
+
+    Returns:
+      {"params": ..., "batch_stats": ...} of float32 numpy arrays, as the model's `init`.
+
+    Raises:
+      WeightsError: listing the missing, unexpected, wrongly shaped and non-float tensors.
+    """
+    state_dict = checkpoint_names(state_dict)
+    classifier = state_dict.get("decode_head.classifier.bias")
+    if classifier is not None and "num_classes" not in model_options:
+        model_options = {"num_classes": int(np.shape(classifier)[0]), **model_options}
+    key = _segformer_options(model_options)
+    target = f"model 'segformer' (options {dict(key)}; transformers checkpoint names)"
+    return _variables_from(
+        _segformer_tensors(key),
+        state_dict,
+        lambda name: name.endswith(".num_batches_tracked"),
+        target,
+        source,
+    )
+
+
+def segformer_state_dict(variables, model_options) -> dict:
+    """The inverse of `segformer_variables`: a jaxseg SegFormer's variables -> {checkpoint
+    name: float32 array}, loadable by transformers (`from_pretrained` of a directory with the
+    model's config.json and this as model.safetensors; batch counters are not included)."""
+    tensors = _segformer_tensors(_segformer_options(model_options))
+    return _state_dict(tensors, variables, "model 'segformer'")
+
+
+def load_segformer_weights(path, model_options=None) -> LoadedWeights:
+    """Reads a transformers SegFormer checkpoint into a jaxseg SegFormer's variables.
+
+    Args:
+      path: model.safetensors (or .npz) without torch; pytorch_model.bin (.pth, .pt) with it.
+      model_options: the model's options; decoder_hidden_size must match the checkpoint's,
+        and num_classes too when given (an ADE20K model has 150 classes).
+
+    Returns:
+      LoadedWeights: the model's {"params", "batch_stats"}, the file's sha256 and path.
+
+    Raises:
+      WeightsError: the file cannot be read or its tensors do not fit (named).
+    """
+    state_dict = read_state_dict(path)
+    variables = segformer_variables(state_dict, dict(model_options or {}), source=str(path))
     return LoadedWeights(variables=variables, sha256=file_sha256(path), path=str(path))

@@ -42,10 +42,10 @@ def load_initialisation(config) -> Initialisation | None:
         raise ConfigError("set init.encoder_weights or init.from_run, not both")
     if weights:
         encoder = config.model.get("encoder")
-        if encoder not in pretrained.TORCHVISION_ENCODERS:
+        if encoder not in pretrained.PRETRAINED_ENCODERS:
             raise ConfigError(
                 f"init.encoder_weights needs a model whose encoder is one of"
-                f" {list(pretrained.TORCHVISION_ENCODERS)}; model {config.model.name!r} has encoder"
+                f" {list(pretrained.PRETRAINED_ENCODERS)}; model {config.model.name!r} has encoder"
                 f" {encoder!r}"
             )
         loaded = pretrained.load_encoder_weights(

@@ -7,6 +7,7 @@ name and options, checked for the features the model's decoder consumes.
 import functools
 
 from jaxseg.models.base import Encoder
+from jaxseg.models.encoders.mit import MixTransformer
 from jaxseg.models.encoders.resnet import ResNet
 from jaxseg.models.encoders.unet import UNetEncoder
 from jaxseg.models.encoders.vgg import VGG16
@@ -20,6 +21,25 @@ ENCODERS = Registry(
         "resnet34": functools.partial(ResNet, depth=34),
         "resnet50": functools.partial(ResNet, depth=50),
         "unet": UNetEncoder,
+        # Mix Transformers as transformers' SegformerConfig for nvidia/mit-b0, -b1, -b2.
+        "mit_b0": functools.partial(
+            MixTransformer,
+            hidden_sizes=(32, 64, 160, 256),
+            depths=(2, 2, 2, 2),
+            num_heads=(1, 2, 5, 8),
+        ),
+        "mit_b1": functools.partial(
+            MixTransformer,
+            hidden_sizes=(64, 128, 320, 512),
+            depths=(2, 2, 2, 2),
+            num_heads=(1, 2, 5, 8),
+        ),
+        "mit_b2": functools.partial(
+            MixTransformer,
+            hidden_sizes=(64, 128, 320, 512),
+            depths=(3, 4, 6, 3),
+            num_heads=(1, 2, 5, 8),
+        ),
     },
 )
 
@@ -45,6 +65,7 @@ def build_encoder(encoder_name: str, options=None, *, detached: bool = False) ->
 __all__ = [
     "ENCODERS",
     "Encoder",
+    "MixTransformer",
     "ResNet",
     "UNetEncoder",
     "VGG16",
