@@ -107,12 +107,18 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         import jax
 
-        stop_if_interrupted()  # a Ctrl-C during start-up: stop before the first step
         self._distributed = jax.process_count() > 1
         # JAX's preemption service owns SIGTERM when there are several processes.
         watched = (signal.SIGINT,) if self._distributed else (signal.SIGINT, signal.SIGTERM)
         for signum in watched:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        # A Ctrl-C during start-up: stop before the first step. Asked once this handler is
+        # in place: one that came between the question and the handover would be lost.
+        try:
+            stop_if_interrupted()
+        except KeyboardInterrupt:
+            self.__exit__(KeyboardInterrupt, None, None)
+            raise
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:

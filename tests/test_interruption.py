@@ -448,3 +448,23 @@ def test_without_flock_a_lock_file_of_a_dead_holder_is_taken_over(tmp_path, monk
     (tmp_path / LOCK_FILE).write_text('{"pid": 1, "host": "another-host", "started": "x"}')
     with pytest.raises(WorkdirLockedError, match="cannot tell whether it still runs; remove"):
         WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_a_ctrl_c_during_the_handover_to_the_loop_handler_is_not_lost(monkeypatch):
+    """A Ctrl-C noted by the start-up handler while the loop's handler is being installed
+    still stops the run before its first step (it was lost before: the run trained on)."""
+    monkeypatch.setattr(preemption, "_early", {"phase": "starting", "pending": 0, "second": False})
+    install = signal.signal
+
+    def install_while_a_ctrl_c_arrives(signum, handler):
+        previous = install(signum, handler)
+        if signum == signal.SIGINT:
+            preemption._early["pending"] += 1  # the start-up handler noted one just now
+        return previous
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(preemption.signal, "signal", install_while_a_ctrl_c_arrives)
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals():
+            pytest.fail("the loop began")
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are given back

@@ -23,7 +23,7 @@ def test_every_model_builds_the_pinned_tree_with_remat(remat):
     from fixtures.make_fixtures import variable_tree
 
     for case, pinned in sorted(TREES.items()):
-        model = get_model(pinned["model"], num_classes=5, remat=remat, **pinned["options"])
+        model = get_model(pinned["model"], num_classes=5, **{**pinned["options"], "remat": remat})
         assert variable_tree(model, pinned["input_side"]) == pinned["variables"], case
 
 

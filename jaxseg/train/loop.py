@@ -82,7 +82,9 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
     progress = Progress(writer, start, config.train.num_steps, config.data.batch_size)
     guard = DivergenceGuard(checkpointer, config, start)
     sums = MetricSums()
-    with StopSignals() as signals:
+    # The bar is closed (its line ended) however the loop ends, so that what the tools print
+    # after a Ctrl-C or an error starts on a line of its own.
+    with contextlib.closing(progress), StopSignals() as signals:
         for step in range(start + 1, config.train.num_steps + 1):
             batch = next(batches)
             with progress.compiling(first=step == start + 1):
