@@ -45,6 +45,9 @@ def watch_interrupts_from_start() -> None:
     main thread, nor over another handler)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    # A blocked mask is inherited from whoever started the tool (a process that was itself
+    # creating grain workers, say): the signals it stops on would never arrive.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_early_interrupt)
 

@@ -202,12 +202,20 @@ def test_a_ctrl_c_while_a_run_starts_up_waits_for_a_safe_point(start_up_handler,
         time.sleep(0.01)
 
 
-def test_one_ctrl_c_while_train_py_starts_up_stops_it_cleanly(data_dir, tmp_path):
+def _block_sigint():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+@pytest.mark.parametrize("inherited_mask", ["default", "sigint_blocked"])
+def test_one_ctrl_c_while_train_py_starts_up_stops_it_cleanly(data_dir, tmp_path, inherited_mask):
     """Ctrl-C once, in the seconds before the first step (restoring, compiling): the run
-    stops, saying so, and leaves nothing behind."""
+    stops, saying so, and leaves nothing behind; also when it was started with SIGINT
+    blocked (a mask is inherited: the full suite's worker once had one, and the run
+    trained on)."""
     build_run(tiny_config(data_dir))  # builds the dataset once, first
     workdir = tmp_path / "run"
-    trainer = _train_py(workdir, data_dir, *ENDLESS, start_new_session=True)
+    blocked = {"preexec_fn": _block_sigint} if inherited_mask == "sigint_blocked" else {}
+    trainer = _train_py(workdir, data_dir, *ENDLESS, start_new_session=True, **blocked)
     for _ in range(6000):  # the lock is taken after the data is built, before compiling
         if (workdir / LOCK_FILE).exists() or trainer.poll() is not None:
             break
