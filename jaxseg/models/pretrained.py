@@ -639,27 +639,7 @@ def model_reference_state_dict(model, variables, layout: str) -> dict:
     Raises:
       WeightsError: a variable is missing or has the wrong shape.
     """
-    state_dict, problems = {}, []
-    for tensor in _model_tensors(model, layout):
-        node, where = variables.get(tensor.collection, {}), "/".join(tensor.path)
-        try:
-            for key in tensor.path:
-                node = node[key]
-        except (KeyError, TypeError):
-            problems.append(f"{tensor.collection}/{where} missing")
-            continue
-        if tuple(np.shape(node)) != tensor.shape:
-            problems.append(
-                f"{tensor.collection}/{where} {np.shape(node)} (expected {tensor.shape})"
-            )
-            continue
-        state_dict[tensor.torch_name] = tensor.to_torch(np.asarray(node))
-    if problems:
-        raise WeightsError(
-            f"variables do not fit model {type(model).__name__}: {len(problems)} problems:"
-            f" {_listed(problems)}"
-        )
-    return state_dict
+    return _state_dict(_model_tensors(model, layout), variables, f"model {type(model).__name__}")
 
 
 def load_model_weights(path, model, layout: str) -> LoadedWeights:
