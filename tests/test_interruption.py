@@ -20,6 +20,7 @@ from helpers import REPO, TINY_CONFIG, tiny_config
 from jaxseg import preemption
 from jaxseg.errors import WorkdirLockedError
 from jaxseg.preemption import StopSignals
+from jaxseg.report.writer import read_metrics
 from jaxseg.run import build_run, load_run
 from jaxseg.run.checkpoint import INTEGRITY_FILE, Checkpointer
 from jaxseg.train import workdir as workdir_module
@@ -91,7 +92,10 @@ def _assert_continues_bit_identically(run, resumed, straight, steps=2):
 def test_sigterm_and_sigint_save_and_the_run_resumes_bit_identically(data_dir, tmp_path):
     run = build_run(_constant_config(data_dir, 1_000_000))  # builds the dataset once, first
     trainers = {
-        signal.SIGTERM: _train_py(tmp_path / "SIGTERM", data_dir, *ENDLESS),
+        # Logging every 2 steps: a stop between logs logs the steps since, with their seconds.
+        signal.SIGTERM: _train_py(
+            tmp_path / "SIGTERM", data_dir, *ENDLESS, "--config.train.log_every=2"
+        ),
         # Ctrl-C in a terminal reaches the whole process group.
         signal.SIGINT: _train_py(tmp_path / "SIGINT", data_dir, *ENDLESS, start_new_session=True),
     }
@@ -109,6 +113,9 @@ def test_sigterm_and_sigint_save_and_the_run_resumes_bit_identically(data_dir, t
         assert f"{signum.name} at step {step}" in stderr and "Run the same command again" in stderr
         assert os.listdir(workdir / "checkpoints") == [str(step)]
         assert LOCK_FILE not in os.listdir(workdir)  # released on the way out
+        logged = [r for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"]
+        assert logged[-1]["step"] == step
+        assert logged[-1]["train_seconds"] == pytest.approx(sum(r["seconds"] for r in logged))
 
         checkpointer = Checkpointer(str(workdir / "checkpoints"), read_only=True)
         state, batches, start, _ = resume_or_start(run, checkpointer, str(workdir))

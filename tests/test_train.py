@@ -87,6 +87,18 @@ def test_resume_continues_step_params_and_data(data_dir, tmp_path, capsys):
     np.testing.assert_allclose(
         _train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "straight"), rtol=1e-5
     )
+    # The training time goes on from what the first run logged up to its checkpoint.
+    logged = [
+        r
+        for r in read_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))
+        if r["split"] == "train"
+    ]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6] and min(
+        r["seconds"] for r in logged
+    ) > 0
+    np.testing.assert_allclose(
+        [r["train_seconds"] for r in logged], np.cumsum([r["seconds"] for r in logged]), rtol=1e-9
+    )
     step_a, params_a = _final_params(tmp_path / "straight", straight)
     step_b, params_b = _final_params(tmp_path / "resumed", straight)
     assert step_a == step_b == 6

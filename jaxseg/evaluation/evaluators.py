@@ -62,3 +62,41 @@ class ISBI2012:
         if not self.true_cells:
             return {}
         return isbi_scores(np.stack(self.cell_probabilities), np.stack(self.true_cells))
+
+
+@register_evaluator("segnet")
+class SegNetScores:
+    """SegNet's CamVid scores (Badrinarayanan et al., TPAMI 2017, Table 1), as SegNet-Tutorial's
+    Scripts/compute_test_results.m computes them: one confusion matrix summed over the
+    split, ignore-label pixels dropped; global accuracy = correct / labelled pixels; class
+    average accuracy and mIoU = sums over all classes divided by the number of classes, so a
+    class absent from the labels counts 0 (jaxseg's `mean_acc` and `miou` leave such a class
+    out; with every class present, as on CamVid's test split, the three numbers agree)."""
+
+    def __init__(self, info: SegmentationInfo):
+        self.num_classes, self.ignore_label = info.num_classes, info.ignore_label
+        self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+    def add(self, probabilities: np.ndarray, labels: np.ndarray) -> None:
+        predicted = probabilities.argmax(-1).reshape(-1)
+        labels = labels.reshape(-1)
+        valid = (labels != self.ignore_label) & (labels >= 0) & (labels < self.num_classes)
+        index = labels[valid] * self.num_classes + predicted[valid]
+        self.confusion += np.bincount(index, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
+
+    def result(self) -> dict:
+        confusion = self.confusion.astype(np.float64)
+        correct = np.diag(confusion)
+        labelled, predicted = confusion.sum(1), confusion.sum(0)
+        union = labelled + predicted - correct
+        recall = np.divide(correct, labelled, out=np.zeros_like(correct), where=labelled > 0)
+        iou = np.divide(correct, union, out=np.zeros_like(correct), where=union > 0)
+        total = labelled.sum()
+        return {
+            "global_acc": float(correct.sum() / total) if total else float("nan"),
+            "class_avg_acc": float(recall.sum() / self.num_classes),
+            "miou": float(iou.sum() / self.num_classes),
+            "iou_per_class": [float(v) for v in iou],
+        }

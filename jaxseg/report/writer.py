@@ -123,6 +123,13 @@ def _logged_step(line: str) -> float:
         return float("inf")
 
 
+def logged_train_seconds(writer: RunWriter) -> float:
+    """The training seconds metrics.jsonl holds: the sum of the train records' intervals
+    (records of a stopped run past its checkpoint were dropped by `resume_at`)."""
+    records = read_metrics(writer.metrics_path) if writer.enabled else []
+    return sum(r.get("seconds") or 0.0 for r in records if r.get("split") == "train")
+
+
 def read_metrics(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []

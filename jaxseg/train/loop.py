@@ -19,7 +19,7 @@ from jaxseg.errors import Interrupted, RunError
 from jaxseg.evaluation.evaluate import evaluate, report, write_curves
 from jaxseg.preemption import StopSignals
 from jaxseg.report.tables import MetricSums, format_table, summarize
-from jaxseg.report.writer import RunWriter
+from jaxseg.report.writer import RunWriter, logged_train_seconds
 from jaxseg.run.build import CHECKPOINTS, Run, build_run
 from jaxseg.run.checkpoint import Checkpointer
 from jaxseg.run.state import count_params
@@ -79,7 +79,9 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
     Returns the final state."""
     config = run.config
     train_step = run.train_step  # skips non-finite updates with train.skip_nonfinite_steps
-    progress = Progress(writer, start, config.train.num_steps, config.data.batch_size)
+    progress = Progress(
+        writer, start, config.train.num_steps, config.data.batch_size, logged_train_seconds(writer)
+    )
     guard = DivergenceGuard(checkpointer, config, start)
     sums = MetricSums()
     # The bar is closed (its line ended) however the loop ends, so that what the tools print
@@ -111,6 +113,8 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
                 guard.check_state(step, saveable)  # never save a state that is not finite
                 checkpointer.save(step, saveable, batches.get_state(), run_record)
             if stopping:
+                if step > progress.bar.n:  # the steps since the last log count in train_seconds
+                    progress.log(step, train_record(sums.result()))
                 checkpointer.wait()
                 progress.close()
                 raise Interrupted(
@@ -136,10 +140,15 @@ def pixels_in(batch) -> int:
 
 
 class Progress:
-    """The progress bar and the training records: loss and images/s per log interval."""
+    """The progress bar and the training records: loss and images/s per log interval, the
+    interval's seconds and `train_seconds`, the training time of the run so far (over its
+    resumptions; evaluation left out, compilation counted)."""
 
-    def __init__(self, writer: RunWriter, start: int, num_steps: int, batch_size: int):
+    def __init__(
+        self, writer: RunWriter, start: int, num_steps: int, batch_size: int, seconds: float = 0.0
+    ):
         self.writer, self.num_steps, self.batch_size = writer, num_steps, batch_size
+        self.train_seconds = seconds
         self.bar = tqdm(
             total=num_steps,
             initial=start,
@@ -158,8 +167,19 @@ class Progress:
 
     def log(self, step: int, record: dict) -> None:
         steps = step - self.bar.n
-        rate = steps * self.batch_size / (time.perf_counter() - self.interval_start)
-        self.writer.scalars({"step": step, "split": "train", **record, "images_per_second": rate})
+        seconds = time.perf_counter() - self.interval_start
+        self.train_seconds += seconds
+        self.writer.scalars(
+            {
+                "step": step,
+                "split": "train",
+                **record,
+                "images_per_second": steps * self.batch_size / seconds,
+                "seconds": seconds,
+                "train_seconds": self.train_seconds,
+            }
+        )
+        rate = steps * self.batch_size / seconds
         # The bar moves when the device has finished the steps, not when they are queued.
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.1f}")
         self.bar.update(steps)
