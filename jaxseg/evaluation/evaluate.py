@@ -238,5 +238,12 @@ def evaluate_run(
         print(f"{split} metrics at step {trained.step}{suffix} ({trained.workdir}):")
         print(format_table({split: record}, run.info.class_names))
         for name, result in scores.items():
-            print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in result.items()))
+            print(f"{name}: " + ", ".join(f"{k} {_score_text(v)}" for k, v in result.items()))
     return {**record, **scores}
+
+
+def _score_text(value) -> str:
+    """An evaluator's score as printed: a number, or a list of them (per class)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_score_text(v) for v in value) + "]"
+    return f"{value:.4g}"
