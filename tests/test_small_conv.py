@@ -136,3 +136,88 @@ def test_resnet_on_small_images_runs_no_convolution_on_tiny_maps():
     assert any(window != "1x1" for _, _, window in found)  # larger maps keep XLA's conv
     tiny = [c for c in found if int(c[0]) * int(c[1]) <= 4 and c[2] != "1x1"]
     assert not tiny, tiny
+
+
+# (input height, width, stride, padding, dilation) of the depthwise convs the models use:
+# SegFormer's Mix-FFN (3x3, "same"), DeepLabV3+'s separable ASPP at rates 6-36 (here on maps
+# smaller than the rate, as on small images) and decoder, and a strided one.
+DEPTHWISE_CASES = [
+    pytest.param(6, 7, 1, ((1, 1), (1, 1)), 1, id="mix-ffn-3x3"),
+    pytest.param(5, 6, 1, ((6, 6), (6, 6)), 6, id="aspp-rate6"),
+    pytest.param(4, 5, 1, ((18, 18), (18, 18)), 18, id="aspp-rate18"),
+    pytest.param(7, 6, 2, "SAME", 1, id="stride2-same"),
+]
+
+
+@pytest.mark.parametrize("height, width, stride, padding, dilation", DEPTHWISE_CASES)
+def test_depthwise_values_and_gradients_equal_lax(height, width, stride, padding, dilation):
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 5)), jnp.float32)
+
+    def options(x, kernel):
+        numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
+        return dict(
+            window_strides=(stride, stride),
+            padding=padding,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=numbers,
+            feature_group_count=5,
+        )
+
+    def ours(x, kernel):
+        return conv_general_dilated(x, kernel, **options(x, kernel))
+
+    def reference(x, kernel):
+        return lax.conv_general_dilated(x, kernel, **options(x, kernel))
+
+    want_out = reference(x, kernel)
+    cotangent = jnp.asarray(rng.normal(size=want_out.shape), jnp.float32)
+    got = _values_and_grads(ours, x, kernel, cotangent)
+    want = _values_and_grads(reference, x, kernel, cotangent)
+    for got_part, want_part in zip(got, want, strict=True):
+        want_part = np.asarray(want_part)
+        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+
+    def loss(x, kernel):
+        return jnp.sum(jnp.sin(ours(x, kernel)))
+
+    assert not _convolutions(jax.value_and_grad(loss, (0, 1)), x, kernel)  # none on CPU
+    # A grouped conv that is not depthwise (2 channels a group) keeps XLA's convolution.
+    grouped = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
+    x4 = x[..., :4]
+    numbers = lax.conv_dimension_numbers(x4.shape, grouped.shape, NHWC)
+    assert _convolutions(
+        lambda x, k: conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=numbers, feature_group_count=2
+        ),
+        x4,
+        grouped,
+    )
+
+
+def test_models_with_depthwise_convs_train_without_grouped_convolutions_on_cpu():
+    """DeepLabV3+ (separable ASPP and decoder) and SegFormer (Mix-FFN): the compiled CPU
+    train step has no grouped (depthwise) convolution left, the slow kind there."""
+    for name, options in (
+        ("deeplabv3plus", dict(encoder="resnet18")),
+        ("segformer", dict(encoder="mit_b0")),
+    ):
+        model = get_model(name, num_classes=3, **options)
+        x = jnp.zeros((1, 64, 64, 3))
+        variables = model.init(jax.random.key(0), x)
+
+        def loss(params, x, model=model, variables=variables):
+            out = model.apply(
+                {**variables, "params": params},
+                x,
+                train=True,
+                mutable=True,
+                rngs={"dropout": jax.random.key(1)},
+            )[0]
+            return jnp.sum(out)
+
+        text = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile().as_text()
+        convolutions = [line for line in text.splitlines() if " convolution(" in line]
+        assert convolutions, name  # the dense convs stay XLA's
+        assert not [c for c in convolutions if "feature_group_count" in c], name

@@ -1,4 +1,5 @@
-"""Convolution equal to `jax.lax.conv_general_dilated`, run on CPU as one GEMM on tiny maps.
+"""Convolution equal to `jax.lax.conv_general_dilated`, run on CPU as one GEMM on tiny maps
+and as shifted multiply-adds when depthwise.
 
 Why: XLA:CPU runs a 3x3 convolution whose output is only a few pixels across (a ResNet's
 last stage on 64x64 images works on 2x2 maps) at a small fraction of its speed elsewhere.
@@ -12,6 +13,13 @@ axis and multiplied by the kernel reshaped to (k*k*C, O). Elsewhere, and for lar
 XLA's lowering is kept; `jax.lax.platform_dependent` puts both forms in the traced
 function, so an exported model carries the right one for each platform (as
 conv_transpose.py does for transposed convolutions).
+
+Depthwise convolutions (one kernel per channel: DeepLabV3+'s separable convs, SegFormer's
+Mix-FFN) are slower still on XLA:CPU, which has no fast kernel for grouped convolutions:
+measured on this machine, forward+backward of a 3x3 depthwise conv, batch 8, 64x80x256:
+26.4 s as XLA lowers it, 2.4 s as the sum of the 9 shifted views times their per-channel
+taps (16x20x512 at rate 6 / 12: 2.9 / 3.7 s against 0.67 / 0.49 s; medians of 5, a busy
+machine, so the ratios are what counts). On CPU only, the same way.
 
 `conv_general_dilated` has lax's signature, so `nn.Conv(..., conv_general_dilated=...)`
 (`Conv` below) uses it with the same parameters, names and initialisation.
@@ -39,13 +47,14 @@ def _nhwc(dimension_numbers) -> bool:
     )
 
 
-def _im2col_conv(x, kernel, strides, pads, dilation, precision=None):
-    """The convolution as one matmul: shifted views of the padded input against the kernel."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilation
+def _shifted_views(x, kernel_size, strides, pads, dilation) -> list:
+    """The kernel's taps as views of the padded input, tap-major: view (i, j) holds the
+    input pixel that tap (i, j) meets at each output position."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     out_h = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    views = [
+    return [
         x[
             :,
             i * dh : i * dh + sh * (out_h - 1) + 1 : sh,
@@ -54,9 +63,25 @@ def _im2col_conv(x, kernel, strides, pads, dilation, precision=None):
         for i in range(kh)
         for j in range(kw)
     ]
+
+
+def _im2col_conv(x, kernel, strides, pads, dilation, precision=None):
+    """The convolution as one matmul: shifted views of the padded input against the kernel."""
+    views = _shifted_views(x, kernel.shape[:2], strides, pads, dilation)
     columns = jnp.concatenate(views, axis=-1)  # (N, out_h, out_w, kh * kw * C), tap-major
     # HWIO flattens tap-major too: row (i, j, c) meets column block (i, j), channel c.
     return jnp.matmul(columns, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+
+
+def _depthwise_conv(x, kernel, strides, pads, dilation):
+    """A depthwise convolution (kernel (kh, kw, 1, C)) as the sum over taps of each shifted
+    view times that tap's per-channel weights."""
+    views = _shifted_views(x, kernel.shape[:2], strides, pads, dilation)
+    taps = kernel.reshape(-1, kernel.shape[-1])  # (kh * kw, C), tap-major as the views
+    out = views[0] * taps[0]
+    for view, tap in zip(views[1:], taps[1:], strict=True):
+        out = out + view * tap
+    return out
 
 
 def conv_general_dilated(
@@ -72,12 +97,15 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """`jax.lax.conv_general_dilated`, with an im2col form for tiny outputs on CPU.
+    """`jax.lax.conv_general_dilated`, with faster forms on CPU for tiny outputs and for
+    depthwise convolutions.
 
-    Args and returns: those of `jax.lax.conv_general_dilated`. The im2col form is used for
-    NHWC/HWIO convolutions without input dilation or groups whose output has at most
-    SMALL_OUTPUT_PIXELS pixels and whose kernel is larger than 1x1, on CPU only; it computes
-    the same sums in another order (equal to float rounding).
+    Args and returns: those of `jax.lax.conv_general_dilated`. On CPU only, for NHWC/HWIO
+    convolutions without input dilation and with a kernel larger than 1x1: a depthwise one
+    (one group per input channel, one output per group) is computed as shifted
+    multiply-adds; one without groups whose output has at most SMALL_OUTPUT_PIXELS pixels as
+    one matmul (im2col). Both compute the same sums in another order (equal to float
+    rounding).
     """
 
     def reference(lhs, rhs):
@@ -100,17 +128,24 @@ def conv_general_dilated(
         lhs.ndim == 4
         and _nhwc(dimension_numbers)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and feature_group_count == 1
         and batch_group_count == 1
         and preferred_element_type is None
         and rhs.shape[0] * rhs.shape[1] > 1
     )
-    if not simple:
+    channels = lhs.shape[-1] if lhs.ndim == 4 else 0
+    depthwise = feature_group_count == channels == rhs.shape[-1] and rhs.shape[2] == 1
+    if not simple or not (feature_group_count == 1 or depthwise):
         return reference(lhs, rhs)
     if isinstance(padding, str):
         effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], effective, window_strides, padding)
     pads = tuple(tuple(p) for p in padding)
+    if depthwise:
+
+        def shifted(lhs, rhs):
+            return _depthwise_conv(lhs, rhs, tuple(window_strides), pads, dilation)
+
+        return lax.platform_dependent(lhs, rhs, cpu=shifted, default=reference)
     out_shape = jax.eval_shape(reference, lhs, rhs).shape
     if out_shape[1] * out_shape[2] > SMALL_OUTPUT_PIXELS:
         return reference(lhs, rhs)
