@@ -81,8 +81,7 @@ def measure(size: int, tile: int, batch_size: int) -> dict:
     predictor.predict(small)
     one_batch = _memory("VmHWM") - baseline
 
-    rows, cols = predictor._layout(size, size)
-    tiles = len(rows.starts) * len(cols.starts)
+    tiles = predictor._layout(size, size).count
     baseline = _reset_peak()
     start = time.perf_counter()
     predictor.predict(image)

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on tiny settings (their numbers are not checked:
-timing is benchmarks' job, never tests'). xla_bench and loop_vs_step: test_xla_bench.py."""
+timing is benchmarks' job, never tests'). xla_bench and loop_vs_step: test_xla_bench.py;
+predict_small_images (it needs a trained run): test_predict.py."""
 
 import importlib.util
 import re

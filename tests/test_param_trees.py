@@ -32,24 +32,25 @@ OS8 = {"encoder": "resnet18", "encoder_options": {"output_stride": 8}}
 
 
 @pytest.mark.parametrize(
-    "name, options, multiple, period, padded, position_dependent",
+    "name, options, multiple, period, padded, position_dependent, global_context",
     [
-        ("unet", {"base_features": 4}, 16, 16, False, False),
-        ("unet", {"encoder": "resnet18"}, 32, 32, False, False),
-        ("unet_original", {"base_features": 4}, 1, 16, True, False),
-        ("fcn8s", {}, 32, 32, False, False),
-        ("fcn8s", {"alignment": "caffe"}, 1, 32, False, False),
-        ("fcn8s", OS8, 8, 8, False, False),
-        ("hypercolumn", {}, 32, 32, False, False),
-        ("hypercolumn", {"location_grid": 2}, 32, 32, False, True),
-        # Tiles may be used, though image pooling makes them differ from the whole image.
-        ("deeplabv3", {"encoder": "resnet18"}, 8, 8, False, False),
-        ("deeplabv3plus", {}, 16, 16, False, False),
-        ("segformer", {}, 32, 32, False, False),
+        ("unet", {"base_features": 4}, 16, 16, False, False, False),
+        ("unet", {"encoder": "resnet18"}, 32, 32, False, False, False),
+        ("unet_original", {"base_features": 4}, 1, 16, True, False, False),
+        ("fcn8s", {}, 32, 32, False, False, False),
+        ("fcn8s", {"alignment": "caffe"}, 1, 32, False, False, False),
+        ("fcn8s", OS8, 8, 8, False, False, False),
+        ("hypercolumn", {}, 32, 32, False, False, False),
+        ("hypercolumn", {"location_grid": 2}, 32, 32, False, True, False),
+        # Tiles may be used, though image pooling and global attention make them (and any
+        # padding) change the prediction everywhere, not only near the tile's edges.
+        ("deeplabv3", {"encoder": "resnet18"}, 8, 8, False, False, True),
+        ("deeplabv3plus", {}, 16, 16, False, False, True),
+        ("segformer", {}, 32, 32, False, False, True),
     ],
 )
 def test_models_declare_their_input_needs(
-    name, options, multiple, period, padded, position_dependent
+    name, options, multiple, period, padded, position_dependent, global_context
 ):
     from jaxseg.models import get_model
 
@@ -58,3 +59,4 @@ def test_models_declare_their_input_needs(
     assert model.tile_period() == period
     assert (model.input_padding(64, 70) is not None) == padded
     assert model.position_dependent() == position_dependent
+    assert model.global_context() == global_context

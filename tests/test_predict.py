@@ -93,6 +93,17 @@ def test_predict_cli_writes_masks_overlays_and_probabilities(run_dir, images, tm
     assert again.returncode == 0 and "1 skipped" in again.stdout
 
 
+def test_small_images_benchmark_runs_predict_by_default_and_whole(run_dir):
+    """benchmarks/predict_small_images.py end to end on tiny settings (its numbers are not
+    checked: timing is the benchmark's job)."""
+    command = [sys.executable, str(REPO / "benchmarks" / "predict_small_images.py")]
+    command += ["--workdir", run_dir, "--count", "2", "--size", "20,28", "--rounds", "1"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"default / --tile=0: \d+\.\d\dx", done.stdout), done.stdout
+
+
 def test_export_cli_and_the_exported_model_predict_the_same(run_dir, images, tmp_path):
     exported = tmp_path / "tiny.jaxexport"
     done = _cli("export.py", "--workdir", run_dir, "--output", str(exported), "--tile", "32,32")

@@ -1,4 +1,5 @@
-"""Tiled prediction: equal to whole-image prediction, one compilation, TTA, errors, memory."""
+"""Tiled prediction: equal to whole-image prediction, one compilation, TTA, errors, memory;
+auto tiles: small images whole, one compilation per size bucket."""
 
 import contextlib
 import tracemalloc
@@ -10,11 +11,11 @@ import numpy as np
 import pytest
 
 from jaxseg.data.info import SegmentationInfo
-from jaxseg.errors import ModelInputError
-from jaxseg.inference import Predictor
+from jaxseg.errors import ConfigError, ModelInputError
+from jaxseg.inference import Predictor, probability_network
 from jaxseg.inference.blend import window
 from jaxseg.inference.resample import TileSampler, reflect
-from jaxseg.inference.tiling import tile_starts
+from jaxseg.inference.tiling import bucket_side, tile_starts
 from jaxseg.models import get_model
 from jaxseg.models.base import SegmentationModel
 
@@ -228,6 +229,8 @@ def test_bad_tiles_name_the_nearest_valid_sizes(tiny_unet):
     model, variables, info = tiny_unet
     with pytest.raises(ModelInputError, match=r"tile width 66.*multiples of .* 4.*\[64, 68\]"):
         Predictor(model, variables, info, tile=(64, 66))
+    with pytest.raises(ConfigError, match=r"tile='512': \(height, width\), None or 'auto'"):
+        Predictor(model, variables, info, tile="512")
     # 4 is a multiple, but a 0.25 overlap leaves no step that is a multiple of 4.
     with pytest.raises(ValueError, match=r"tile height 4.*nearest valid tile sides: \[8\]"):
         Predictor(model, variables, info, tile=(4, 64))
@@ -300,3 +303,122 @@ def test_tile_layout_reflection_and_windows():
     assert gaussian.argmax() in (31, 32)
     assert gaussian[0] == pytest.approx(np.exp(-0.5 * (31.5 / 8) ** 2))  # sigma = 64 / 8
     assert (window("gaussian", 64, 16, False, False) == 1).all()
+
+
+def recording_network(model, info):
+    """The model's network, recording the input shape each time it is traced: one trace per
+    compilation of a Predictor's jitted function, whatever a persistent cache holds."""
+    network, shapes = probability_network(model, info), []
+
+    def traced(variables, images):
+        shapes.append(images.shape)
+        return network(variables, images)
+
+    return traced, shapes
+
+
+def test_bucket_sides_are_four_per_octave_and_multiples_of_the_model_multiple():
+    assert [bucket_side(s, 4) for s in (5, 33, 64, 65, 81, 97, 100, 129, 257, 500)] == [
+        8, 40, 64, 80, 96, 112, 112, 160, 320, 512
+    ]  # fmt: skip
+    assert {bucket_side(s, 16) for s in range(257, 513)} == {320, 384, 448, 512}
+    for multiple in (1, 4, 16, 24):
+        for size in range(1, 1100):
+            side = bucket_side(size, multiple)
+            assert side % multiple == 0 and size <= side < size * 1.25 + multiple
+
+
+def test_auto_predicts_images_that_fit_whole_compiling_once_per_bucket(tiny_unet):
+    model, variables, info = tiny_unet
+    network, shapes = recording_network(model, info)
+    auto = Predictor(model, variables, info, network=network, batch_size=4)
+    assert auto.tile == (512, 512) and auto.whole_pixels == 512 * 512
+    shapes.clear()  # the tile's shape check at construction
+    sizes = [(112, 96), (100, 90), (97, 81), (105, 95), (60, 50), (64, 49)]
+    for height, width in sizes:
+        assert auto.predict(_image(height, width)).shape == (height, width)
+    assert shapes == [(1, 112, 96, 3), (1, 64, 56, 3)]  # two buckets, each compiled once
+
+
+def test_auto_equals_whole_image_prediction_of_images_that_fit(tiny_unet):
+    model, variables, info = tiny_unet
+    auto = Predictor(model, variables, info)
+    whole = Predictor(model, variables, info, tile=None)
+    image = _image(112, 96)  # a bucket size: nothing beyond the whole image's padding
+    np.testing.assert_allclose(_probabilities(auto, image)[1], _probabilities(whole, image)[1])
+
+    # In bucket (112, 96): the whole-image prediction of the image mirrored up to it, which
+    # differs from the image's own only within the receptive field (~24 pixels) of the
+    # bottom/right border, as the whole image's own padding (to 100 x 92) does.
+    image = _image(100, 90)
+    _, probabilities = _probabilities(auto, image)
+    mirrored = np.pad(image, ((0, 12), (0, 6), (0, 0)), mode="reflect")
+    _, expected = _probabilities(whole, mirrored)
+    np.testing.assert_allclose(probabilities, expected[:100, :90], atol=1e-6)
+    _, own = _probabilities(whole, image)
+    np.testing.assert_allclose(probabilities[:76, :66], own[:76, :66], atol=1e-6)
+    assert np.abs(probabilities - own).max() > 1e-3  # near the border: not a no-op
+
+
+def test_auto_whole_images_of_the_original_unet_are_exact():
+    """A model with input padding sees mirrored context beyond the image border however far
+    the padding extends, so its bucketed prediction equals its whole-image prediction."""
+    model = get_model("unet_original", num_classes=3, base_features=4, depth=2)
+    variables, info = _init(model, 60), _info(3)
+    network, shapes = recording_network(model, info)
+    auto = Predictor(model, variables, info, network=network)
+    whole = Predictor(model, variables, info, tile=None)
+    shapes.clear()
+    for height, width in ((150, 201), (145, 197)):
+        image = _image(height, width)
+        np.testing.assert_allclose(
+            _probabilities(auto, image)[1], _probabilities(whole, image)[1], atol=1e-6
+        )
+    assert len(shapes) == 1  # one bucket (160, 224)
+
+
+class GlobalMeanNet(SegmentationModel):
+    """A 3x3 convolution plus the image mean of its features: image-level context."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(8, (3, 3))(x)
+        x = nn.relu(x + x.mean(axis=(1, 2), keepdims=True))
+        return nn.Conv(self.num_classes, (1, 1))(x)
+
+    def global_context(self) -> bool:
+        return True
+
+
+def test_auto_pads_models_with_global_context_only_as_whole_images_do():
+    model, info = GlobalMeanNet(num_classes=3), _info(3)
+    variables = _init(model)
+    network, shapes = recording_network(model, info)
+    auto = Predictor(model, variables, info, network=network)
+    whole = Predictor(model, variables, info, tile=None)
+    shapes.clear()
+    image = _image(45, 70)  # its bucket would be (48, 80)
+    _, probabilities = _probabilities(auto, image)
+    assert shapes == [(1, 45, 70, 3)]
+    np.testing.assert_allclose(probabilities, _probabilities(whole, image)[1], atol=1e-6)
+    # Mirroring it up to the bucket would have changed the mean, so every pixel.
+    mirrored = np.pad(image, ((0, 3), (0, 10), (0, 0)), mode="reflect")
+    _, bucketed = _probabilities(whole, mirrored)
+    assert np.abs(bucketed[:10, :10] - probabilities[:10, :10]).max() > 1e-4
+
+
+def test_auto_tiles_images_larger_than_a_tile_as_that_tile_does(tiny_unet):
+    model, variables, info = tiny_unet
+    network, shapes = recording_network(model, info)
+    auto = Predictor(model, variables, info, network=network, batch_size=4)
+    image = _image(600, 520)  # bucket (640, 576): more pixels than the 512 x 512 tile
+    assert auto._layout(600, 520).count == 4
+    shapes.clear()
+    mask, probabilities = _probabilities(auto, image)
+    assert shapes == [(4, 512, 512, 3)]
+    tiled = Predictor(model, variables, info, tile=(512, 512), batch_size=4)
+    expected_mask, expected = _probabilities(tiled, image)
+    np.testing.assert_array_equal(probabilities, expected)
+    np.testing.assert_array_equal(mask, expected_mask)

@@ -8,12 +8,14 @@ r"""`jaxseg predict` (python predict.py): segments images of any size with a tra
 For every input image NAME.EXT it writes NAME.png (the classes as a palette PNG),
 NAME_overlay.png (unless --no_overlay) and with --save_probs NAME_probs.npy
 (float16 H x W x C); inputs whose outputs would share a name (a.png, a.jpg) keep their
-extension in NAME (a.png.png, a.jpg.png). Large images are predicted tile by tile
-(--tile, --overlap); --tile=0 predicts each image whole. Existing outputs are kept
-unless --overwrite; an output never replaces an input, and --output may not be an
---input directory (refused before any work). Exit status 0 when every image was
-predicted, 3 when some could not be read (they are listed), 2 for a jaxseg error
-(flags, inputs and outputs are checked before the model is loaded).
+extension in NAME (a.png.png, a.jpg.png). By default an image that fits in one ~512x512
+tile is predicted whole (padded to a size bucket: one compilation per bucket) and larger
+ones tile by tile; --tile=H,W tiles every image, --tile=0 predicts each image whole
+(--overlap: how much tiles share). Existing outputs are kept unless --overwrite; an
+output never replaces an input, and --output may not be an --input directory (refused
+before any work). Exit status 0 when every image was predicted, 3 when some could not be
+read (they are listed), 2 for a jaxseg error (flags, inputs and outputs are checked
+before the model is loaded).
 """
 
 from jaxseg import cli  # noqa: I001  (first: it arms the Ctrl-C handling before the rest loads)
@@ -24,10 +26,10 @@ import sys
 from absl import app, flags
 
 from jaxseg.errors import ConfigError
-from jaxseg.inference import Predictor, default_tile
+from jaxseg.inference import Predictor
 from jaxseg.commands.prediction_flags import define_prediction_flags
 from jaxseg.inference.files import plan_outputs, predict_files
-from jaxseg.inference.tiling import check_options
+from jaxseg.inference.tiling import AUTO, check_options
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
 _EXPORTED = flags.DEFINE_string("exported", None, "An exported model (export.py) instead.")
@@ -35,7 +37,10 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _INPUT = flags.DEFINE_multi_string("input", None, "Image file, directory or glob pattern.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Tiles per network call.")
-_PREDICTION = define_prediction_flags("default ~512x512; 0 = whole images")
+_PREDICTION = define_prediction_flags(
+    "default: images within one ~512x512 tile whole, larger ones in such tiles;"
+    " 0 = every image whole"
+)
 _SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write NAME_probs.npy (float16).")
 _NO_OVERLAY = flags.DEFINE_bool("no_overlay", False, "Do not write NAME_overlay.png.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Predict images whose outputs exist.")
@@ -56,7 +61,7 @@ def predictor_from_flags() -> Predictor:
     from jaxseg.run import load_run
 
     trained = load_run(_WORKDIR.value, _STEP.value)
-    tile = _PREDICTION.parsed_tile() if _PREDICTION.tile.value else default_tile(trained.model)
+    tile = _PREDICTION.parsed_tile() if _PREDICTION.tile.value else AUTO
     return Predictor(trained.model, trained.variables, trained.info, tile=tile, **options)
 
 

@@ -1,6 +1,7 @@
 """The tiling and test-time augmentation flags that `jaxseg predict` and `jaxseg evaluate`
-share, defined once; only what an absent --tile means differs (predict: ~512x512 tiles,
-evaluate: whole images, as training evaluates)."""
+share, defined once; only what an absent --tile means differs (predict: "auto", images
+within one ~512x512 tile whole and larger ones tiled; evaluate: whole images, as training
+evaluates)."""
 
 from typing import NamedTuple
 

@@ -48,11 +48,17 @@ never formed, its tiles are interpolated from the original.
 `input_multiple` by mirroring at the bottom/right, or as its `input_padding`
 asks); that compiles once per image size and holds the whole image's
 probabilities, and is the way to apply a `position_dependent` model.
+
+`tile="auto"` (the default) picks per image: an image that fits in the model's
+`default_tile` is predicted whole, mirrored up to its size bucket (`bucket_side`:
+four sides per octave), so images of similar sizes share one compilation; larger
+images are tiled with that tile. See `Predictor` for what the bucket padding changes.
 """
 
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +74,7 @@ from jaxseg.models.base import SegmentationModel
 from jaxseg.models.layers import nearest_valid
 
 OUTPUT_CHUNK_ROWS = 64  # full-resolution rows assembled, argmaxed and written at a time
+AUTO = "auto"  # Predictor(tile=AUTO): whole images up to one default tile, tiles beyond
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +97,28 @@ class AxisTiles:
         inner_start = index > 0
         inner_end = index < len(self.starts) - 1
         return window(blend, self.output_tile, self.overlap, inner_start, inner_end)
+
+
+class Layout(NamedTuple):
+    """The tiles of one image: along its rows, along its columns, and per network call."""
+
+    rows: AxisTiles
+    cols: AxisTiles
+    batch_size: int
+
+    @property
+    def count(self) -> int:
+        return len(self.rows.starts) * len(self.cols.starts)
+
+
+def bucket_side(size: int, multiple: int) -> int:
+    """The side an image side `size` is padded to when predicted whole in auto mode: a
+    multiple of an eighth of the next power of two (four sides per octave: ..., 64, 80, 96,
+    112, 128, 160, 192, ...), then of the model's `multiple`. Images of similar sizes share
+    one compiled shape, and padding adds less than a quarter of the side plus `multiple`."""
+    eighth = max(1, (1 << (size - 1).bit_length()) // 8)
+    rung = -(-size // eighth) * eighth
+    return -(-rung // multiple) * multiple
 
 
 def tile_starts(size: int, tile: int, step: int, origin: int, period: int) -> tuple[int, ...]:
@@ -158,6 +187,8 @@ class Predictor:
       num_classes: C, the channels of the probabilities.
       tile: (height, width) of the network's input tile, or None (whole images).
       step: (rows, columns) between tiles, multiples of the model's period.
+      whole_pixels: with tile="auto", the largest network input (height x width, the
+        tile's) an image is predicted whole in; 0 otherwise.
     """
 
     def __init__(
@@ -167,7 +198,7 @@ class Predictor:
         info: SegmentationInfo,
         *,
         network=None,
-        tile: tuple[int, int] | None = (512, 512),
+        tile: tuple[int, int] | str | None = AUTO,
         overlap: float | None = None,
         batch_size: int = 8,
         blend: str = "linear",
@@ -178,8 +209,9 @@ class Predictor:
 
         Args:
           model: a SegmentationModel (see jaxseg.models.base), or anything with its input
-            contract (`input_multiple`, `input_padding`, `position_dependent`), such as an
-            exported model (jaxseg.inference.export).
+            contract (`input_multiple`, `input_padding`, `tile_period`,
+            `position_dependent`; `global_context` for tile="auto"), such as an exported
+            model (jaxseg.inference.export) with its tile.
           variables: its variables ({"params": ..., "batch_stats": ...}); an argument of
             the compiled function, not a constant in it.
           network: `network(variables, uint8 images) -> class probabilities`, the model's
@@ -189,7 +221,14 @@ class Predictor:
             the compiled function, `num_classes` is checked against the model's output.
           tile: the network's input (height, width): multiples of the model's
             `input_multiple`, or, for a model with `input_padding`, valid input sizes.
-            None: whole images, one compilation per image size.
+            None: whole images, one compilation per image size. "auto": an image whose
+            padded size fits in the model's `default_tile` (in pixels) is predicted whole,
+            larger ones in that tile. Whole images are mirrored up to their size bucket
+            (`bucket_side`), one compilation per bucket: like the whole image's own
+            padding, that changes predictions near the bottom/right border only, within
+            the model's receptive field (it is exact for models with `input_padding`).
+            A model whose `global_context()` is True (image-level pooling, global
+            attention) would change everywhere, so its images are padded as with None.
           overlap: fraction of a tile (its output) that consecutive tiles share; the step
             is rounded down to the model's period, so the overlap can be a little larger.
             None: 0.25, or 0 for models with `input_padding` (overlap-tile needs none).
@@ -218,6 +257,16 @@ class Predictor:
         self._variables = jax.device_put(variables)
         self._network = jax.jit(self._apply)
         self.tile, self.step, self._axes = None, None, None
+        self.whole_pixels, self._bucketed = 0, False
+        if isinstance(tile, str):
+            if tile != AUTO:
+                raise ConfigError(f"tile={tile!r}: (height, width), None or {AUTO!r}")
+            tile = default_tile(model)  # None (whole images) for a position-dependent model
+            if tile is not None:
+                # One tile's input at most: no more memory than a tile, and fewer pixels
+                # computed than the batch of mirrored tiles a small image would fill.
+                self.whole_pixels = tile[0] * tile[1]
+                self._bucketed = not model.global_context()
         if tile is not None:
             if model.position_dependent():
                 raise ModelInputError(
@@ -300,40 +349,53 @@ class Predictor:
         weights = row_weights[:, :, None, None] * col_weights[:, None, :, None]
         return probabilities * weights
 
-    def _layout(self, height: int, width: int) -> tuple[AxisTiles, AxisTiles]:
-        """The tiles of a (height x width) image along its rows and its columns."""
+    def _layout(self, height: int, width: int) -> Layout:
+        """The tiles of a (height x width) image: one covering the whole image without a
+        tile, or in auto mode when its padded size fits in `whole_pixels`."""
+        if self._axes is None:
+            return self._whole_layout(height, width, bucketed=False)
+        if self.whole_pixels:
+            whole = self._whole_layout(height, width, self._bucketed)
+            if whole.rows.input_tile * whole.cols.input_tile <= self.whole_pixels:
+                return whole
         pads = self.model.input_padding(height, width) if self._padded else None
         axes = []
         for axis, size in enumerate((height, width)):
-            (image_before, image_after), (label_before, label_after) = (
-                (pads[0][axis], pads[1][axis]) if pads else ((0, 0), (0, 0))
-            )
-            if self._axes is None:  # the whole image, as one tile
-                output = size + label_before + label_after
-                if not pads:
-                    output = -(-size // self._multiple) * self._multiple
-                    image_after = output - size
-                axes.append(
-                    AxisTiles(
-                        size,
-                        size + image_before + image_after,
-                        output,
-                        image_before - label_before,
-                        (-label_before,),
-                        0,
-                    )
-                )
-                continue
+            label_before = pads[1][axis][0] if pads else 0
             input_tile, output, context, step = self._axes[axis]
             starts = tile_starts(size, output, step, -label_before, self._period)
             axes.append(AxisTiles(size, input_tile, output, context, starts, output - step))
-        return axes[0], axes[1]
+        return Layout(*axes, self.batch_size)
+
+    def _whole_layout(self, height: int, width: int, bucketed: bool) -> Layout:
+        """The whole image as one tile, padded as the model asks, or further up to its size
+        bucket (`bucket_side`) so that similar sizes share a compiled shape."""
+        pads = self.model.input_padding(height, width) if self._padded else None
+        axes = []
+        for axis, size in enumerate((height, width)):
+            if pads:
+                image_pads, (label_before, label_after) = pads[0][axis], pads[1][axis]
+                output = size + label_before + label_after
+                # Valid outputs step by the period; the input grows with the output.
+                grow = bucket_side(size, 1) - output if bucketed else 0
+                grow = -(-max(grow, 0) // self._period) * self._period
+                output += grow
+                input_side = size + sum(image_pads) + grow
+                context = image_pads[0] - label_before
+            else:
+                label_before, context = 0, 0
+                if bucketed:
+                    output = bucket_side(size, self._multiple)
+                else:
+                    output = -(-size // self._multiple) * self._multiple
+                input_side = output
+            axes.append(AxisTiles(size, input_side, output, context, (-label_before,), 0))
+        return Layout(*axes, 1)
 
     def _band_rows(self, sampler: TileSampler, bar) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 probabilities of the rows) of the sampled image, top to bottom."""
-        rows, cols = self._layout(sampler.height, sampler.width)
+        rows, cols, batch_size = self._layout(sampler.height, sampler.width)
         tiles = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
-        batch_size = self.batch_size if self._axes is not None else 1
         batches = [tiles[k : k + batch_size] for k in range(0, len(tiles), batch_size)]
         row_weights = [rows.weights(i, self.blend) for i in range(len(rows.starts))]
         col_weights = [cols.weights(j, self.blend) for j in range(len(cols.starts))]
@@ -399,7 +461,7 @@ class Predictor:
             raise ValueError(f"probabilities must have shape {shape}, got {probabilities.shape}")
         mask = np.empty((height, width), np.uint8 if self.num_classes <= 256 else np.int32)
         sizes = [_scaled(height, width, scale) for scale in self.scales]
-        count = sum(math.prod(len(axis.starts) for axis in self._layout(*size)) for size in sizes)
+        count = sum(self._layout(*size).count for size in sizes)
         bar = tqdm(total=count, desc="tiles", unit="tile", leave=False, disable=not progress)
         with bar:
             for start, rows in self._rows(image, bar):

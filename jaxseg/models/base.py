@@ -13,9 +13,11 @@ for a class: `input_multiple` (input sides must be multiples of it),
 `input_padding` (how to pad an image so that the output covers it, for
 models whose output is smaller than their input: the original U-Net),
 `tile_period` (shifting the input by a multiple of it shifts the prediction
-by as much: tiles on that grid predict what the whole image would) and
+by as much: tiles on that grid predict what the whole image would),
 `position_dependent` (the prediction at a pixel depends on where the pixel
-lies in the input, so the model cannot be applied tile by tile).
+lies in the input, so the model cannot be applied tile by tile) and
+`global_context` (every pixel's prediction depends on the whole input, so
+padding or tiling changes it everywhere).
 
 Every model also takes `dtype` and `remat` (keyword-only fields of the base class, so every
 model config has them). `dtype` is the compute type: the model casts its input to it, and
@@ -287,4 +289,10 @@ class SegmentationModel(nn.Module):
 
     def position_dependent(self) -> bool:
         """True if a pixel's prediction depends on its absolute position in the input."""
+        return False
+
+    def global_context(self) -> bool:
+        """True if every pixel's prediction depends on the whole input (image pooling,
+        global attention): padding an image then changes its prediction everywhere, not
+        only within the receptive field of the padding."""
         return False

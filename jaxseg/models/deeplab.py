@@ -144,6 +144,9 @@ class _DeepLab(SegmentationModel):
     # they see what the model saw when trained on crops. Whole-image prediction (tile=None,
     # evaluate.py's default) is the single-pass reference.
 
+    def global_context(self) -> bool:
+        return True  # image pooling: padding an image changes its prediction everywhere
+
     def aspp(self, x, train: bool):
         """ASPP ("aspp") on the deepest feature (called inside a checkpointed block)."""
         return ASPP(

@@ -71,6 +71,9 @@ class SegFormer(SegmentationModel):
     def input_multiple(self) -> int:
         return self.build_encoder(detached=True).max_stride()
 
+    def global_context(self) -> bool:
+        return True  # attention over the whole input, padding included
+
     def hidden_size(self) -> int:
         if self.decoder_hidden_size is not None:
             return self.decoder_hidden_size
