@@ -227,7 +227,11 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
 
     # What a fresh run starts from (a resumed run: its checkpoint, whatever these say).
     config.init = ml_collections.ConfigDict()
-    config.init.encoder_weights = ""  # torchvision-layout weights file for the encoder
+    # At most one of these three.
+    config.init.encoder_weights = ""  # the encoder's weights: torchvision ResNet/VGG16, or MiT
+    # A reference library's whole model (torchvision DeepLabV3, smp DeepLabV3+, transformers
+    # SegFormer); a classifier for another number of classes is left freshly initialised.
+    config.init.model_weights = ""
     config.init.from_run = ""  # a run directory: copy every variable whose path and shape match
 
     config.optim = ml_collections.ConfigDict()

@@ -31,6 +31,7 @@ def test_input_pipeline(data_dir, capsys):
 def test_model_zoo_trains_the_shapes_recipes_only():
     names = model_zoo.shapes_recipes()
     assert "default" in names and "fcn_vgg16:8s" in names
+    assert {"deeplabv3_resnet18", "deeplabv3plus_resnet18", "segformer_b0"} <= set(names)
     for name in names:
         file, _, argument = name.partition(":")
         spec = f"{file}.py" + (f":{argument}" if argument else "")

@@ -40,6 +40,11 @@ def test_there_are_configs_for_every_recipe():
         "camvid_unet",
         "isbi_unet",
         "dsb2018_unet",
+        "deeplabv3_resnet18",
+        "deeplabv3plus_resnet18",
+        "camvid_deeplabv3plus_resnet18",
+        "segformer_b0",
+        "camvid_segformer_b0",
     } <= names
 
 

@@ -113,6 +113,10 @@ def test_encoder_weights_initialise_a_fresh_run_and_are_recorded(data_dir, tmp_p
     )
     report = json.loads((workdir / "init_report.json").read_text())
     assert report["encoder_weights"]["sha256"] == pretrained.file_sha256(weights)
+    assert all(label.split("/")[1] == "encoder" for label in report["copied"])
+    assert "batch_stats/encoder/stem_bn/mean" in report["copied"]
+    assert "params/score_fr/conv/kernel" in report["initialised"]
+    assert not any(label.split("/")[1] == "encoder" for label in report["initialised"])
     meta = json.loads((workdir / "checkpoints" / "2" / "meta" / "metadata").read_text())
     assert meta["init"]["encoder_weights"]["sha256"] == report["encoder_weights"]["sha256"]
 
@@ -121,7 +125,7 @@ def test_bad_weights_are_refused_before_the_run_directory_exists(data_dir, tmp_p
     bad = tmp_path / "resnet50.npz"
     np.savez(bad, **{"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
     workdir = tmp_path / "run"
-    with pytest.raises(pretrained.WeightsError, match="resnet50.npz"):
+    with pytest.raises(ConfigError, match=f"init.encoder_weights: {bad}: the tensors do not"):
         train_and_evaluate(
             _resnet18_config(data_dir, **{"init.encoder_weights": str(bad)}), str(workdir)
         )

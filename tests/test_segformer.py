@@ -299,6 +299,7 @@ def test_remat_computes_the_same_function_and_gradients():
 def test_encoder_weights_of_a_run_from_a_mit_checkpoint(tmp_path):
     """init.encoder_weights takes a mit-bX (or SegFormer) checkpoint for a SegFormer run."""
     from jaxseg.config import load_config_file
+    from jaxseg.run.build import build_model
     from jaxseg.train.initialise import load_initialisation
 
     state_dict = _random_weights("mit_b0")
@@ -306,9 +307,9 @@ def test_encoder_weights_of_a_run_from_a_mit_checkpoint(tmp_path):
     save_safetensors(path, state_dict)
     config = load_config_file(str(REPO / "configs" / "segformer_b0.py"))
     config.init.encoder_weights = str(path)
-    initialisation = load_initialisation(config)
+    initialisation = load_initialisation(config, build_model(config.model, 5))
     expected = segformer_variables(state_dict, {"encoder": "mit_b0", "num_classes": 5})
-    _assert_trees_equal(initialisation.encoder["params"], expected["params"]["encoder"])
+    _assert_trees_equal(initialisation.source["params"]["encoder"], expected["params"]["encoder"])
     assert initialisation.record["encoder_weights"]["path"] == str(path)
 
 

@@ -78,6 +78,43 @@ def test_a_model_name_is_benchmarked_on_shapes(data_dir, monkeypatch, capsys):
     assert record["params"] == 31_037_893  # the paper's U-Net, 5 classes
 
 
+# Parameters for the 5 shapes classes: the references' counts (tests/test_deeplab.py,
+# test_segformer.py) with the classifier's 21 or 150 outputs made 5.
+DEEPLAB_AND_SEGFORMER = {
+    "deeplabv3_resnet18.py": ("deeplabv3", 15_899_973),
+    "deeplabv3plus_resnet18.py": ("deeplabv3plus", 12_330_325),
+    "segformer_b0.py": ("segformer", 3_715_429),
+}
+
+
+def test_the_deeplab_and_segformer_configs_are_rows_and_run(data_dir, monkeypatch, capsys):
+    rows = [target.name for target in xla_bench.targets_from(xla_bench.parse_args([]))]
+    camvid = {"camvid_deeplabv3plus_resnet18.py", "camvid_segformer_b0.py"}
+    assert set(DEEPLAB_AND_SEGFORMER) | camvid <= set(rows)
+    load_config_file = xla_bench.load_config_file
+
+    def small_shapes(spec):
+        config = load_config_file(spec)
+        options = dict(image_size=32, num_train=8, num_validation=4, num_test=4)
+        config.data.options.update(data_dir=data_dir, **options)
+        config.train.num_devices = 1  # one compilation per step, not one per fake device
+        return config
+
+    monkeypatch.setattr(xla_bench, "load_config_file", small_shapes)
+    argv = [f"--config={REPO / 'configs' / name}" for name in DEEPLAB_AND_SEGFORMER]
+    # The train step only: it holds the forward pass, and compiling is this test's cost.
+    argv += ["--batch", "2", "--size", "32,32", "--warmup", "0", "--steps", "1", "--mode", "train"]
+    assert xla_bench.main(argv) == 0
+    records, out = _records(capsys)
+    expected = [
+        (str(REPO / "configs" / name), model, "train", params)
+        for name, (model, params) in DEEPLAB_AND_SEGFORMER.items()
+    ]
+    assert [(r["config"], r["model"], r["mode"], r["params"]) for r in records] == expected
+    assert all(r["input_shape"] == [2, 32, 32, 3] and r["step_ms"] > 0 for r in records)
+    assert out.count("configs/segformer_b0.py` | train |") == 1
+
+
 def test_a_benchmark_that_does_not_fit_is_a_clear_error(data_dir, monkeypatch, capsys):
     monkeypatch.setattr(xla_bench, "available_bytes", lambda: 1024)
     spec = f"{TINY_CONFIG}:{data_dir}"

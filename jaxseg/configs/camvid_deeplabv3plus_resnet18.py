@@ -4,6 +4,10 @@
     python train.py --config configs/camvid_deeplabv3plus_resnet18.py \\
         --workdir runs/camvid_deeplab_tuned \\
         --config.init.encoder_weights=runs/pretrain/resnet18_shapes.safetensors
+    # the whole model from smp's DeepLabV3Plus("resnet18") state dict, its head refitted to
+    # CamVid's 11 classes (README, Pretrained):
+    python train.py --config configs/camvid_deeplabv3plus_resnet18.py --workdir runs/camvid_smp \\
+        --config.init.model_weights=deeplabv3plus_resnet18.pth
     # data elsewhere: --config.data.options.root=/path/to/camvid
 
 configs/camvid_unet.py with this model: the same data, augmentation and class

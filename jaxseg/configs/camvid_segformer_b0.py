@@ -3,6 +3,10 @@
     python train.py --config configs/camvid_segformer_b0.py --workdir runs/camvid_segformer_b0
     python train.py --config configs/camvid_segformer_b0.py --workdir runs/camvid_segformer_tuned \\
         --config.init.encoder_weights=mit-b0/model.safetensors --config.optim.learning_rate=6e-5
+    # or the whole model of an ADE20K SegFormer-B0, its classifier refitted to 11 classes:
+    python train.py --config configs/camvid_segformer_b0.py --workdir runs/camvid_segformer_ade \\
+        --config.init.model_weights=segformer-b0-ade/model.safetensors \\
+        --config.optim.learning_rate=6e-5
     # data elsewhere: --config.data.options.root=/path/to/camvid
 
 configs/camvid_unet.py's data, augmentation (256x320 crops) and class weights; evaluation at

@@ -3,6 +3,9 @@
     python train.py --config configs/deeplabv3plus_resnet18.py --workdir runs/deeplabv3plus_scratch
     python train.py --config configs/deeplabv3plus_resnet18.py --workdir runs/deeplabv3plus_tuned \\
         --config.init.encoder_weights=runs/pretrain/resnet18_shapes.safetensors
+    # the whole model from smp's DeepLabV3Plus("resnet18") state dict (README, Pretrained):
+    python train.py --config configs/deeplabv3plus_resnet18.py --workdir runs/deeplabv3plus_smp \\
+        --config.init.model_weights=deeplabv3plus_resnet18.pth
 
 segmentation_models_pytorch's DeepLabV3Plus (separable ASPP with rates 12/24/36,
 48-channel stride-4 skip, x4 bilinear upsampling) with configs/fcn8s_resnet18.py's

@@ -4,6 +4,11 @@
     # fine-tuned from an ImageNet MiT-B0 (transformers' nvidia/mit-b0 model.safetensors):
     python train.py --config configs/segformer_b0.py --workdir runs/segformer_b0_tuned \\
         --config.init.encoder_weights=mit-b0/model.safetensors --config.optim.learning_rate=6e-5
+    # the whole model from a transformers SegFormer-B0 (nvidia/segformer-b0-finetuned-ade-
+    # 512-512's model.safetensors), a fresh classifier for the 5 shapes classes:
+    python train.py --config configs/segformer_b0.py --workdir runs/segformer_b0_ade \\
+        --config.init.model_weights=segformer-b0-ade/model.safetensors \\
+        --config.optim.learning_rate=6e-5
 
 3,715,429 parameters for 5 classes (transformers' count). The paper fine-tunes pretrained
 weights with AdamW at 6e-5 and a poly schedule; from scratch on 64x64 shapes that is far

@@ -2,6 +2,9 @@
 transformers SegFormer checkpoints <-> jaxseg SegFormer / MiT variables (section at the end:
 a Hub model.safetensors, e.g. nvidia/segformer-b0-finetuned-ade-512-512's, reads without
 torch; `load_encoder_weights(path, "mit_b0")` takes an ImageNet nvidia/mit-b0 checkpoint).
+Whole models (torchvision DeepLabV3, smp DeepLabV3+, SegFormer) read by `model_variables`, or
+by `load_for_finetuning` (config `init.model_weights`), which leaves a classifier for another
+number of classes freshly initialised (the last section).
 
 Getting the real weights (needs internet and torch once, on any machine)::
 
@@ -79,11 +82,12 @@ class WeightsError(JaxsegError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedWeights:
-    """An encoder's variables read from a weights file, with the file's identity for the record."""
+    """Variables read from a weights file, with the file's identity for the record."""
 
     variables: dict
     sha256: str
     path: str
+    report: dict = dataclasses.field(default_factory=dict)  # what was read (fine-tuning)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +277,9 @@ def encoder_variables(
 
     Args:
       encoder_name: "vgg16", "resnet18", "resnet34" or "resnet50".
-      state_dict: {torchvision name: array}, e.g. `read_state_dict(path)`.
+      state_dict: {torchvision name: array}, e.g. `read_state_dict(path)`; a whole
+        torchvision segmentation model's ("backbone.") or smp model's ("encoder.") gives
+        its ResNet.
       encoder_options: the encoder's options; VGG16 with include_fc=False ignores
         the classifier tensors.
       source: where `state_dict` came from (a file name), for error messages.
@@ -290,6 +296,8 @@ def encoder_variables(
     tensors = _tensors(encoder_name, _options_key(encoder_options))
     if _family(encoder_name) == "mit":
         state_dict = checkpoint_names(state_dict)
+    else:
+        state_dict = _encoder_part(state_dict, tensors[0].torch_name)
     return _variables_from(
         tensors,
         state_dict,
@@ -298,6 +306,20 @@ def encoder_variables(
         f" {_NAMING[_family(encoder_name)]} names)",
         source,
     )
+
+
+def _encoder_part(state_dict: dict, first: str) -> dict:
+    """The encoder's tensors of a whole model's state dict (torchvision's "backbone.", smp's
+    "encoder."), without their prefix; `state_dict` itself when it holds `first` (the
+    encoder's first tensor) or no model's encoder."""
+    for prefix in ("backbone.", "encoder."):
+        if first not in state_dict and prefix + first in state_dict:
+            return {
+                name.removeprefix(prefix): value
+                for name, value in state_dict.items()
+                if name.startswith(prefix)
+            }
+    return state_dict
 
 
 def _variables_from(tensors, state_dict: dict, ignored, what: str, source: str) -> dict:
@@ -524,6 +546,14 @@ MODEL_LAYOUTS = {
         ("classification_head.",),
     ),
 }
+# transformers' SegformerForSemanticSegmentation (its modules: _segformer_module below).
+SEGFORMER_LAYOUT = "transformers_segformer"
+# The layout of each model's whole-model files, by model name (config `init.model_weights`).
+REFERENCE_LAYOUTS = {
+    "deeplabv3": "torchvision_deeplabv3",
+    "deeplabv3plus": "smp_deeplabv3plus",
+    "segformer": SEGFORMER_LAYOUT,
+}
 
 
 def _aspp_module(module: str) -> str:
@@ -541,6 +571,8 @@ def _aspp_module(module: str) -> str:
 
 
 def _model_module(layout: str, path: tuple[str, ...]) -> str:
+    if layout == SEGFORMER_LAYOUT:
+        return _segformer_module(path)
     encoder_prefix, aspp_prefix, modules, _ = MODEL_LAYOUTS[layout]
     if path[0] == "encoder":
         return encoder_prefix + _resnet_module(tuple(path[1:]))
@@ -552,8 +584,21 @@ def _model_module(layout: str, path: tuple[str, ...]) -> str:
 
 
 def _check_layout(layout: str) -> None:
-    if layout not in MODEL_LAYOUTS:
-        raise WeightsError(f"unknown weights layout {layout!r}; known: {list(MODEL_LAYOUTS)}")
+    known = [*MODEL_LAYOUTS, SEGFORMER_LAYOUT]
+    if layout not in known:
+        raise WeightsError(f"unknown weights layout {layout!r}; known: {known}")
+
+
+def _model_ignored(layout: str):
+    """name -> whether a reference file's tensor is one the model has no use for (batch
+    counters, torchvision's auxiliary head, smp's classification head)."""
+    prefixes = MODEL_LAYOUTS[layout][3] if layout in MODEL_LAYOUTS else ()
+    return lambda name: name.endswith(".num_batches_tracked") or name.startswith(prefixes)
+
+
+def _reference_names(state_dict: dict, layout: str) -> dict:
+    """A state dict under the names `layout` uses (transformers 5's renamed back)."""
+    return checkpoint_names(state_dict) if layout == SEGFORMER_LAYOUT else state_dict
 
 
 def _model_tensors(model, layout: str) -> tuple[_Tensor, ...]:
@@ -576,7 +621,9 @@ def _model_tensors(model, layout: str) -> tuple[_Tensor, ...]:
                     f"{type(model).__name__}: no {layout} name for variable {collection}/"
                     + "/".join(path)
                 ) from error
-            layout_kind = "conv" if leaf_name == "kernel" else "vector"
+            layout_kind = "vector"
+            if leaf_name == "kernel":  # SegFormer's Linear layers: 2-D; convolutions: 4-D
+                layout_kind = "dense" if len(leaf.shape) == 2 else "conv"
             tensors.append(_Tensor(collection, path, tuple(leaf.shape), torch_name, layout_kind))
     return tuple(tensors)
 
@@ -587,8 +634,10 @@ def model_reference_shapes(model, layout: str) -> dict[str, tuple[int, ...]]:
     Args:
       model: a jaxseg model, e.g. `get_model("deeplabv3", num_classes=21)`.
       layout: "torchvision_deeplabv3" (torchvision's `deeplabv3_resnet50` and its ResNet
-        variants) or "smp_deeplabv3plus" (segmentation_models_pytorch's `DeepLabV3Plus`
-        on a ResNet encoder).
+        variants), "smp_deeplabv3plus" (segmentation_models_pytorch's `DeepLabV3Plus`
+        on a ResNet encoder) or "transformers_segformer" (transformers'
+        `SegformerForSemanticSegmentation` checkpoint names); `REFERENCE_LAYOUTS` gives
+        each model's.
 
     Returns:
       {reference name: shape}, without the ignored tensors and batch counters.
@@ -613,13 +662,10 @@ def model_variables(model, state_dict: dict, layout: str, source: str = "") -> d
       WeightsError: listing the missing, unexpected, wrongly shaped and non-float
         tensors, with counts (the same report as `encoder_variables`).
     """
-    tensors = _model_tensors(model, layout)
-    ignored = ("num_batches_tracked",)
-    prefixes = MODEL_LAYOUTS[layout][3]
     return _variables_from(
-        tensors,
-        state_dict,
-        lambda name: name.endswith(ignored) or name.startswith(prefixes),
+        _model_tensors(model, layout),
+        _reference_names(state_dict, layout),
+        _model_ignored(layout),
         f"model {type(model).__name__} ({layout} names)",
         source,
     )
@@ -643,7 +689,9 @@ def model_reference_state_dict(model, variables, layout: str) -> dict:
 
 
 def load_model_weights(path, model, layout: str) -> LoadedWeights:
-    """Reads a whole model's reference weights file (torchvision DeepLabV3, smp DeepLabV3+).
+    """Reads a whole model's reference weights file (torchvision DeepLabV3, smp DeepLabV3+,
+    transformers SegFormer), every tensor checked (`load_for_finetuning` allows another
+    number of classes).
 
     Args:
       path: `.safetensors`, `.npz`, or `.pth`/`.pt` (with torch installed).
@@ -672,7 +720,8 @@ _TRANSFORMERS_5_NAMES = (
     ),
     (r"^(segformer\.)?stages\.(\d+)\.blocks\.", r"segformer.encoder.block.\2."),
     (r"^(segformer\.)?stages\.(\d+)\.layer_norm\.", r"segformer.encoder.layer_norm.\2."),
-    (r"^encoder\.", "segformer.encoder."),  # a bare SegformerModel's
+    # a bare SegformerModel's (not smp's "encoder.conv1" and the like)
+    (r"^encoder\.(?=patch_embeddings\.|block\.|layer_norm\.)", "segformer.encoder."),
     (r"\.attention\.q_proj\.", ".attention.self.query."),
     (r"\.attention\.k_proj\.", ".attention.self.key."),
     (r"\.attention\.v_proj\.", ".attention.self.value."),
@@ -815,3 +864,103 @@ def load_segformer_weights(path, model_options=None) -> LoadedWeights:
     state_dict = read_state_dict(path)
     variables = segformer_variables(state_dict, dict(model_options or {}), source=str(path))
     return LoadedWeights(variables=variables, sha256=file_sha256(path), path=str(path))
+
+
+# Fine-tuning a whole model from a reference library's file (config `init.model_weights`).
+
+# (a tensor only that kind of file holds, what it is, its layout or "encoder"): to say what
+# a file that does not fit is. A SegFormer file also holds a MiT encoder: it comes first.
+_FILE_KINDS = (
+    ("classifier.0.convs.0.0.weight", "a torchvision DeepLabV3's", "torchvision_deeplabv3"),
+    ("decoder.aspp.0.convs.0.0.weight", "an smp DeepLabV3+'s", "smp_deeplabv3plus"),
+    ("decode_head.linear_fuse.weight", "a transformers SegFormer's", SEGFORMER_LAYOUT),
+    ("segformer.encoder.patch_embeddings.0.proj.weight", "a MiT encoder's", "encoder"),
+    ("layer1.0.conv1.weight", "a torchvision ResNet's", "encoder"),
+    ("features.0.weight", "a torchvision VGG16's", "encoder"),
+)
+
+
+def _file_kind(state_dict: dict, layout: str) -> str:
+    """ "; the names are <another kind of file>'s ..." when they say so, else ""."""
+    names = checkpoint_names(state_dict)  # transformers 5's MiT names too
+    for name, kind, kind_layout in _FILE_KINDS:
+        if name not in names:
+            continue
+        if kind_layout == layout:
+            return ""
+        model = {v: k for k, v in REFERENCE_LAYOUTS.items()}.get(kind_layout)
+        use = f"model {model!r}" if model else "init.encoder_weights (an encoder alone)"
+        return f"; the names are {kind}: a file for {use}"
+    return ""
+
+
+def _other_classes(tensors, state_dict: dict) -> tuple[_Tensor, ...]:
+    """The classifier's tensors when the file's classify into another number of classes:
+    each in the file with a shape that differs in the class dimension alone (the first of
+    the reference's); () otherwise, when the usual checks apply to them."""
+    classifier = [tensor for tensor in tensors if tensor.path[:-1] == ("classifier",)]
+
+    def other_classes(tensor: _Tensor) -> bool:
+        shape, expected = np.shape(state_dict.get(tensor.torch_name, ())), tensor.torch_shape
+        return len(shape) == len(expected) and shape[1:] == expected[1:] and shape != expected
+
+    return tuple(classifier) if classifier and all(map(other_classes, classifier)) else ()
+
+
+def load_for_finetuning(path, model, layout: str) -> LoadedWeights:
+    """Reads a reference library's whole-model file into `model`'s variables to fine-tune
+    it, every tensor checked as `model_variables` does, except that a classifier for another
+    number of classes is left out: the model keeps its own, freshly initialised.
+
+    Args:
+      path: `.safetensors`, `.npz`, or `.pth`/`.pt`/`.bin` (with torch installed).
+      model: the jaxseg model (the run's, with its number of classes).
+      layout: the file's, `REFERENCE_LAYOUTS[model name]`.
+
+    Returns:
+      LoadedWeights: `variables` (without the classifier when it was left out), the file's
+      `sha256` and `path`, and `report`: {"layout", "reference_names": {variable: the
+      file's name}, "mismatched": the left-out classifier's tensors with both shapes,
+      "ignored": the file's tensors the model has no use for, batch counters aside}.
+
+    Raises:
+      WeightsError: the file cannot be read, or its tensors do not fit (each named, with
+        what the file looks like when it is another model's or an encoder's).
+    """
+    state_dict = _reference_names(read_state_dict(path), layout)
+    tensors = _model_tensors(model, layout)
+    left_out = _other_classes(tensors, state_dict)
+    kept = tuple(tensor for tensor in tensors if tensor not in left_out)
+    left_out_names = {tensor.torch_name for tensor in left_out}
+    ignored = _model_ignored(layout)
+    try:
+        variables = _variables_from(
+            kept,
+            state_dict,
+            lambda name: name in left_out_names or ignored(name),
+            f"model {type(model).__name__} ({layout} names)",
+            str(path),
+        )
+    except WeightsError as error:
+        raise WeightsError(f"{error}{_file_kind(state_dict, layout)}") from None
+    report = {
+        "layout": layout,
+        "reference_names": {_label(tensor): tensor.torch_name for tensor in kept},
+        "mismatched": [
+            f"{_label(tensor)} ({tensor.torch_name}):"
+            f" {tuple(np.shape(state_dict[tensor.torch_name]))} -> {tensor.torch_shape}"
+            for tensor in left_out
+            if tensor.torch_name in state_dict
+        ],
+        "ignored": sorted(
+            name
+            for name in state_dict
+            if ignored(name) and not name.endswith(".num_batches_tracked")
+        ),
+    }
+    return LoadedWeights(variables, file_sha256(path), str(path), report)
+
+
+def _label(tensor: _Tensor) -> str:
+    """ "params/encoder/stem_conv/kernel": a variable as the init report names it."""
+    return "/".join((tensor.collection, *tensor.path))

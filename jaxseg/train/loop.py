@@ -25,7 +25,7 @@ from jaxseg.run.checkpoint import Checkpointer
 from jaxseg.run.state import count_params
 from jaxseg.run.step import variables_of
 from jaxseg.train.divergence import DivergenceGuard
-from jaxseg.train.initialise import load_initialisation
+from jaxseg.train.initialise import SOURCES, load_initialisation
 from jaxseg.train.resume import resume_or_start
 from jaxseg.train.workdir import lock_for_training
 
@@ -48,7 +48,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
         run.source(split, "data.eval_split/test_split")
     warnings = data_warnings(config, run.sources, run.info)
     # Weights to start from are read and checked before anything is written.
-    initialisation = None if has_checkpoints(workdir) else load_initialisation(config)
+    initialisation = None if has_checkpoints(workdir) else load_initialisation(config, run.model)
     workdir = prepare_workdir(workdir)
     checkpoints = os.path.join(workdir, CHECKPOINTS)
     with (
@@ -217,7 +217,7 @@ def has_checkpoints(workdir: str) -> bool:
 
 def _short(report: dict) -> dict:
     """The initialisation's source, as every checkpoint records it."""
-    return {key: report[key] for key in ("encoder_weights", "from_run") if key in report}
+    return {key: report[key] for key in SOURCES if key in report}
 
 
 def final_evaluation(run: Run, state, splits, writer: RunWriter, workdir: str) -> dict:

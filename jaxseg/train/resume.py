@@ -14,6 +14,7 @@ import os
 from jaxseg.preemption import stop_if_interrupted
 from jaxseg.run import Run
 from jaxseg.run.checkpoint import Checkpointer
+from jaxseg.train.initialise import SOURCES
 
 # Settings whose change can make a checkpoint unusable: a mismatch error lists their changes.
 STRUCTURAL_GROUPS = ("model", "optim")
@@ -40,8 +41,9 @@ def resume_or_start(run: Run, checkpointer: Checkpointer, workdir: str, initiali
     print(
         f"Resuming from the checkpoint at step {start} in {checkpointer.directory}{newest_intact}"
     )
-    if run.config.init.encoder_weights or run.config.init.from_run:
-        print("  (init.encoder_weights/init.from_run apply to a fresh run: the checkpoint wins)")
+    given = [f"init.{key}" for key in SOURCES if run.config.init[key]]
+    if given:
+        print(f"  ({'/'.join(given)} applies to a fresh run: the checkpoint wins)")
     saved = saved_config(restored.meta, workdir)
     for notice in resume_notices(saved, run.config, start, restored.data_state):
         print(f"  {notice}")
@@ -122,15 +124,18 @@ def stream_state(data_state: dict, saved: dict | None, config, start: int) -> di
 
 
 def describe_initialisation(report: dict) -> str:
-    if "encoder_weights" in report:
-        weights = report["encoder_weights"]
-        return f"encoder weights {weights['path']} (sha256 {weights['sha256'][:16]}...)"
-    source = report["from_run"]
-    return (
-        f"run {source['workdir']} step {source['step']}: {len(report['copied'])} variables"
-        f" copied, {len(report['initialised'])} left at their initialisation,"
-        f" {len(report['mismatched'])} of another shape (init_report.json lists them)"
+    counts = (
+        f"{len(report['copied'])} variables copied, {len(report['initialised'])} left at their"
+        f" initialisation, {len(report['mismatched'])} of another shape (init_report.json lists"
+        " them)"
     )
+    if "from_run" in report:
+        source = report["from_run"]
+        return f"run {source['workdir']} step {source['step']}: {counts}"
+    kind = "encoder_weights" if "encoder_weights" in report else "model_weights"
+    weights = report[kind]
+    what = "encoder weights" if kind == "encoder_weights" else f"{weights['layout']} weights"
+    return f"{what} {weights['path']} (sha256 {weights['sha256'][:16]}...): {counts}"
 
 
 def _plain(value):
