@@ -1,5 +1,5 @@
 """predict.py and export.py: a trained model applied to image files of any size, in process
-and as an exported StableHLO file."""
+and as an exported StableHLO (and ONNX) file."""
 
 import json
 import os
@@ -52,14 +52,20 @@ def images(tmp_path_factory):
     return folder
 
 
-def _cli(script, *args):
+def _cli(script, *args, env=None):
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+        env=dict(env or os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
     )
+
+
+def _onnx_installed() -> bool:
+    from jaxseg.inference.onnx_export import onnx_available
+
+    return onnx_available()
 
 
 def test_predict_cli_writes_masks_overlays_and_probabilities(run_dir, images, tmp_path):
@@ -119,6 +125,43 @@ def test_export_cli_and_the_exported_model_predict_the_same(run_dir, images, tmp
 
     expected = predictor.predict(read_image(images / "grey.png"))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "grey.png")), expected)
+    if not _onnx_installed():
+        assert "ONNX file skipped" in done.stdout
+        pytest.skip("ONNX: needs the jaxseg[onnx] extra (README: export)")
+    # The ONNX file beside it, run by onnxruntime (fixed batch 1; predict.py's batches of 4).
+    assert (tmp_path / "tiny.onnx").is_file()
+    onnx_out = tmp_path / "onnx_out"
+    done = _cli("predict.py", "--exported", str(tmp_path / "tiny.onnx"), "--input",
+                str(images / "grey.png"), "--output", str(onnx_out), "--save_probs")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    probabilities = np.zeros((*expected.shape, 5), np.float32)
+    predictor.predict(read_image(images / "grey.png"), probabilities)
+    saved = np.load(onnx_out / "grey_probs.npy")
+    np.testing.assert_allclose(saved, probabilities, atol=1e-3)  # saved as float16
+    top2 = np.sort(probabilities, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4  # no near tie that 1e-6 could flip
+    mask = np.asarray(Image.open(onnx_out / "grey.png"))
+    np.testing.assert_array_equal(mask[clear], expected[clear])
+
+
+def test_export_without_onnx_installed(run_dir, tmp_path):
+    """A jax2onnx that cannot be imported: the StableHLO file alone with a note, or, with
+    --onnx given, an error before any work."""
+    hidden = tmp_path / "hidden"
+    (hidden / "jax2onnx").mkdir(parents=True)
+    (hidden / "jax2onnx" / "__init__.py").write_text("raise ImportError('hidden by the test')")
+    path = os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = dict(os.environ, PYTHONPATH=path)
+    exported = tmp_path / "tiny.jaxexport"
+    args = ("--workdir", run_dir, "--output", str(exported), "--tile", "32,32")
+    done = _cli("export.py", *args, "--onnx", env=env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "need jax2onnx" in done.stderr and 'pip install "jaxseg[onnx]"' in done.stderr
+    assert not exported.exists()
+    done = _cli("export.py", *args, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ONNX file skipped" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hidden", "tiny.jaxexport"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from jaxseg.models.upsample import (
     ResizeUpsample,
     TransposedConvUpsample,
     bilinear_filter,
+    nearest_indices,
     resize,
 )
 
@@ -49,6 +50,24 @@ def test_resize_matches_pytorch_convention(align_corners):
         np.testing.assert_allclose(
             got[0, ..., 0], _torch_bilinear(x, out_h, out_w, align_corners), atol=1e-5
         )
+
+
+def test_nearest_copies_the_pixel_whose_cell_holds_each_centre():
+    for size_in in range(1, 13):
+        for size_out in range(1, 29):
+            centres = [(j + 0.5) * size_in / size_out for j in range(size_out)]
+            cells = [int(np.floor(c + 1e-9)) for c in centres]  # exact ties go up
+            np.testing.assert_array_equal(nearest_indices(size_in, size_out), cells)
+    # Gathered in both axes; jax.image.resize's float32 rule agrees wherever no centre lies
+    # exactly on a cell border that its rounding misses (sizes 2 -> 41 do: output 20).
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 10, 3)), jnp.float32)
+    for out_h, out_w in ((12, 20), (3, 5), (24, 7), (6, 4)):
+        np.testing.assert_array_equal(
+            resize(x, out_h, out_w, "nearest"),
+            jax.image.resize(x, (2, out_h, out_w, 3), "nearest", antialias=False),
+        )
+    assert nearest_indices(2, 41)[20] == 1
+    assert jax.image.resize(jnp.arange(2.0), (41,), "nearest")[20] == 0
 
 
 def test_nearest_align_corners_is_rejected():

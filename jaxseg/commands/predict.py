@@ -4,6 +4,7 @@ r"""`jaxseg predict` (python predict.py): segments images of any size with a tra
     jaxseg predict --workdir runs/camvid_unet --input 'street/*.png' --output out \
         --tta --scales=0.75,1,1.25
     jaxseg predict --exported model.jaxexport --input big.tif --output out --save_probs
+    jaxseg predict --exported model.onnx --input big.tif --output out   # onnxruntime
 
 For every input image NAME.EXT it writes NAME.png (the classes as a palette PNG),
 NAME_overlay.png (unless --no_overlay) and with --save_probs NAME_probs.npy
@@ -32,7 +33,9 @@ from jaxseg.inference.files import plan_outputs, predict_files
 from jaxseg.inference.tiling import AUTO, check_options
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
-_EXPORTED = flags.DEFINE_string("exported", None, "An exported model (export.py) instead.")
+_EXPORTED = flags.DEFINE_string(
+    "exported", None, "An exported model (export.py: NAME.jaxexport, or NAME.onnx) instead."
+)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _INPUT = flags.DEFINE_multi_string("input", None, "Image file, directory or glob pattern.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
@@ -54,10 +57,12 @@ def predictor_from_flags() -> Predictor:
     check_options(**{k: v for k, v in options.items() if k != "flip"}, flag_prefix="--")
     if _EXPORTED.value:
         from jaxseg.inference.export import load_exported
+        from jaxseg.inference.onnx_export import load_onnx
 
         if _PREDICTION.tile.value or _STEP.value is not None:
             raise ConfigError("--tile and --step belong to --workdir: an export has its own")
-        return load_exported(_EXPORTED.value).predictor(**options)
+        load = load_onnx if _EXPORTED.value.endswith(".onnx") else load_exported
+        return load(_EXPORTED.value).predictor(**options)
     from jaxseg.run import load_run
 
     trained = load_run(_WORKDIR.value, _STEP.value)

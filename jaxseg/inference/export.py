@@ -55,6 +55,19 @@ def _contract(model) -> dict:
     }
 
 
+def describe(model, info: SegmentationInfo, tile, output_tile, source: dict | None) -> dict:
+    """What every exported form records beside its function: tile shapes, classes, the
+    model's input contract, the dataset info and where it came from."""
+    return {
+        "tile": list(tile),
+        "output_tile": list(output_tile),
+        "num_classes": info.num_classes,
+        "contract": _contract(model),
+        "info": info.to_dict(),
+        "source": source or {},
+    }
+
+
 def _flatten(variables) -> dict[str, np.ndarray]:
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
     return {
@@ -107,12 +120,7 @@ def export_model(
         "version": VERSION,
         "jax": jax.__version__,
         "platforms": list(platforms),
-        "tile": list(predictor.tile),
-        "output_tile": list(exported.out_avals[0].shape[1:3]),
-        "num_classes": info.num_classes,
-        "contract": _contract(model),
-        "info": info.to_dict(),
-        "source": source or {},
+        **describe(model, info, predictor.tile, exported.out_avals[0].shape[1:3], source),
     }
     try:  # a failed or killed export leaves no half-written file
         with atomic_path(path) as partial, zipfile.ZipFile(partial, "w") as archive:
@@ -124,24 +132,32 @@ def export_model(
     return manifest
 
 
-def check_destination(path: str) -> None:
+def check_destination(path: str, what: str = "--output", read_manifest=None) -> None:
     """Raises ExportError, before any work, if `path` cannot receive an export: a directory,
     a missing or unwritable directory, or an existing file that is no jaxseg export (which
-    would be lost). Stale temporary files of killed exports to `path` are removed."""
+    would be lost). Stale temporary files of killed exports to `path` are removed.
+
+    Args:
+      path: the file to write.
+      what: how messages name it (the flag, or the file written beside it).
+      read_manifest: reads an existing file's manifest, raising OSError, KeyError,
+        ValueError or zipfile.BadZipFile for a file that is no export of its kind;
+        default: the StableHLO container's (`manifest_of`).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ExportError(
-            f"--output {path} is a directory; give the file to write, e.g."
+            f"{what} {path} is a directory; give the file to write, e.g."
             f" {os.path.join(path, 'model.jaxexport')}"
         )
     if not os.path.isdir(directory):
-        raise ExportError(f"--output {path}: its directory {directory} does not exist")
+        raise ExportError(f"{what} {path}: its directory {directory} does not exist")
     if os.path.lexists(path):
         try:
-            manifest_of(path)
+            (read_manifest or manifest_of)(path)
         except (OSError, zipfile.BadZipFile, KeyError, ValueError):
             raise ExportError(
-                f"--output {path} exists and is not a jaxseg export; it is not replaced:"
+                f"{what} {path} exists and is not a jaxseg export; it is not replaced:"
                 " remove it or choose another --output"
             ) from None
     sweep_stale_temporaries(directory, of=os.path.basename(path), recursive=False)
@@ -149,20 +165,19 @@ def check_destination(path: str) -> None:
     try:  # the only sure test of writability (permissions, read-only mounts, ACLs)
         open(probe, "wb").close()
     except OSError as e:
-        raise ExportError(f"--output {path} cannot be written: {e.strerror or e}") from e
+        raise ExportError(f"{what} {path} cannot be written: {e.strerror or e}") from e
     os.remove(probe)
 
 
-class ExportedModel:
-    """A loaded container: the input contract of its model, its network and variables."""
+class ExportedContract:
+    """An exported model as the Predictor sees it: its input contract, tile, dataset info
+    read from its manifest (`describe`); subclasses add `variables` and
+    `network(variables, uint8 tiles) -> probabilities`."""
 
-    def __init__(self, path: str, manifest: dict, exported, variables: dict):
-        self.path, self.manifest, self.exported, self.variables = (
-            path,
-            manifest,
-            exported,
-            variables,
-        )
+    variables: dict
+
+    def __init__(self, path: str, manifest: dict):
+        self.path, self.manifest = path, manifest
         self.info = SegmentationInfo.from_dict(manifest["info"])
         self.tile = tuple(manifest["tile"])
         self._contract = manifest["contract"]
@@ -180,14 +195,22 @@ class ExportedModel:
         padding = self._contract["input_padding"]
         return None if padding is None else unet_tile_padding(height, width, padding["depth"])
 
-    def network(self, variables, images):
-        return self.exported.call(variables, images)
-
     def predictor(self, **options) -> Predictor:
         """A tiled Predictor running the exported function on tiles of its export shape."""
         return Predictor(
             self, self.variables, self.info, network=self.network, tile=self.tile, **options
         )
+
+
+class ExportedModel(ExportedContract):
+    """A loaded container: the input contract of its model, its network and variables."""
+
+    def __init__(self, path: str, manifest: dict, exported, variables: dict):
+        super().__init__(path, manifest)
+        self.exported, self.variables = exported, variables
+
+    def network(self, variables, images):
+        return self.exported.call(variables, images)
 
 
 def load_exported(path: str) -> ExportedModel:
@@ -231,9 +254,11 @@ def manifest_of(path: str) -> dict:
 
 __all__ = [
     "ExportError",
+    "ExportedContract",
     "ExportedModel",
     "check_destination",
     "check_platforms",
+    "describe",
     "export_model",
     "load_exported",
     "manifest_of",

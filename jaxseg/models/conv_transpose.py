@@ -12,7 +12,7 @@
 # input with (k / s)^2 taps and s^2 x out channels, followed by depth-to-space and a crop
 # (the sub-pixel equivalence). It is chosen with `jax.lax.platform_dependent` for CPU
 # only: elsewhere XLA's own lowering of the transposed convolution is kept, and an
-# exported function carries both forms.
+# exported function carries both forms (an ONNX export only the plain one: platforms.py).
 #
 # Derivation (one axis, p = padding, full output p = 0): out[o] = sum_i x[i] k[s i + k-1-p - o].
 # With m = k / s and o = s q + r (0 <= r < s) the non-zero terms are i = q + t - (m - 1)
@@ -22,6 +22,8 @@
 
 import jax
 import jax.numpy as jnp
+
+from jaxseg.models.platforms import per_platform
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -117,4 +119,4 @@ def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: in
     def reference(x, kernel):
         return lax_conv_transpose(x, kernel, stride, padding)
 
-    return jax.lax.platform_dependent(x, kernel, cpu=subpixel, default=reference)
+    return per_platform(x, kernel, cpu=subpixel, default=reference)

@@ -89,6 +89,10 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mo
 
     `ceil_mode` rounds the output size up (Caffe's pooling) by padding the
     bottom/right with -inf so the last partial window counts.
+
+    The padding is an explicit -inf `jnp.pad` before an unpadded pool: the same values and
+    gradients as a padded `reduce_window` (XLA folds the pad into the window), and the form
+    converters take (jax2onnx's max-pool rule drops a pool's own padding).
     """
     pads = []
     for size in x.shape[1:3]:
@@ -97,7 +101,9 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mo
             span = size + 2 * padding - window
             extra = -span % stride
         pads.append((padding, padding + extra))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    if any(any(pad) for pad in pads):
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
 
 
 def nearest_valid(size: int, is_valid, limit: int = 4096) -> list[int]:

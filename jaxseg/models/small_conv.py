@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxseg.models.platforms import per_platform
+
 SMALL_OUTPUT_PIXELS = 16  # 4x4: im2col is faster up to here on XLA:CPU (module docstring)
 
 
@@ -153,7 +155,7 @@ def conv_general_dilated(
     def im2col(lhs, rhs):
         return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
 
-    return lax.platform_dependent(lhs, rhs, cpu=im2col, default=reference)
+    return per_platform(lhs, rhs, cpu=im2col, default=reference)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -58,6 +58,8 @@ def resize(
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method {method!r} is not one of {RESIZE_METHODS}")
     batch, in_h, in_w, channels = x.shape
+    if method == "nearest" and not align_corners:
+        return _resize_nearest(x, height, width)
     if not align_corners:
         return jax.image.resize(x, (batch, height, width, channels), method, antialias=False)
     if method != "bilinear":
@@ -78,6 +80,27 @@ def resize(
         "linear",
         antialias=False,
     )
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """The input pixel each output pixel copies: the one whose cell [i, i + 1) holds the
+    output's centre (j + 0.5) * in / out, in exact integer arithmetic."""
+    return ((2 * np.arange(size_out) + 1) * size_in // (2 * size_out)).astype(np.int32)
+
+
+def _resize_nearest(x, height: int, width: int):
+    """Nearest-neighbour resizing as a gather of constant indices (`nearest_indices`).
+
+    `jax.image.resize(method="nearest")` is the same rule computed in float32, which puts a
+    centre lying exactly on a cell border (2 -> 41 pixels, output 20) in the cell before
+    it; onnxruntime's Resize, which jax2onnx emits for it, rounds such ties down even where
+    jax does not (every other pixel of a 2x downsampling). A Gather is exact everywhere.
+    """
+    if x.shape[1] != height:
+        x = x[:, nearest_indices(x.shape[1], height)]
+    if x.shape[2] != width:
+        x = x[:, :, nearest_indices(x.shape[2], width)]
+    return x
 
 
 def check_upsample_kind(kind: str) -> None:

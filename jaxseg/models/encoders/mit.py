@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models.base import Encoder, FeatureSpec
+from jaxseg.models.platforms import per_platform
 from jaxseg.models.remat import checkpointed
 from jaxseg.models.small_conv import Conv
 
@@ -43,12 +44,12 @@ def attention(query, key, value):
     softmax(Q K^T / sqrt(d)) V by `jax.nn.dot_product_attention`, which computes it with
     XLA unless told otherwise. cuDNN's fused kernel takes float16/bfloat16 only and can be
     traced only where cuDNN is installed, so there, for those types, both forms are traced
-    and each platform lowers its own (`platform_dependent`: an export for CPU and CUDA
-    carries both); everywhere else it is XLA's.
+    and each platform lowers its own (`per_platform`: an export for CPU and CUDA carries
+    both; an ONNX export XLA's alone); everywhere else it is XLA's.
     """
     if query.dtype in (jnp.bfloat16, jnp.float16):
         try:
-            return jax.lax.platform_dependent(
+            return per_platform(
                 query,
                 key,
                 value,
