@@ -147,7 +147,7 @@ def conv_general_dilated(
         def shifted(lhs, rhs):
             return _depthwise_conv(lhs, rhs, tuple(window_strides), pads, dilation)
 
-        return lax.platform_dependent(lhs, rhs, cpu=shifted, default=reference)
+        return per_platform(lhs, rhs, cpu=shifted, default=reference)
     out_shape = jax.eval_shape(reference, lhs, rhs).shape
     if out_shape[1] * out_shape[2] > SMALL_OUTPUT_PIXELS:
         return reference(lhs, rhs)
