@@ -258,3 +258,21 @@ def test_pmap_form_matches_mesh_without_batch_norm_and_trains_with_it(data_dir, 
     losses = _train_losses(tmp_path / "pmap_bn")
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
     assert 0 <= results["validation"]["miou"] <= 1
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_counts_logged_steps_with_the_bar_on_or_off(tmp_path, enabled):
+    """Every process but the first has a disabled bar, which counts nothing; the steps since
+    the last log must still be known there (a stop between logs logs them)."""
+    from jaxseg.report.writer import RunWriter
+    from jaxseg.train.loop import Progress
+
+    progress = Progress(RunWriter(str(tmp_path), enabled=enabled), 10, 100, 4)
+    progress.log(14, {"loss": 1.0})
+    assert progress.logged_step == 14
+    progress.log(15, {"loss": 1.0})
+    assert progress.logged_step == 15
+    progress.close()
+    if enabled:
+        records = read_metrics(str(tmp_path / "metrics.jsonl"))
+        assert [r["step"] for r in records] == [14, 15]

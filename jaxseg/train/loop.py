@@ -113,7 +113,7 @@ def train(run: Run, state, batches, start: int, checkpointer, writer, run_record
                 guard.check_state(step, saveable)  # never save a state that is not finite
                 checkpointer.save(step, saveable, batches.get_state(), run_record)
             if stopping:
-                if step > progress.bar.n:  # the steps since the last log count in train_seconds
+                if step > progress.logged_step:  # the steps since the last log count too
                     progress.log(step, train_record(sums.result()))
                 checkpointer.wait()
                 progress.close()
@@ -149,6 +149,9 @@ class Progress:
     ):
         self.writer, self.num_steps, self.batch_size = writer, num_steps, batch_size
         self.train_seconds = seconds
+        # The last step logged. Kept here, not read from the bar: a disabled bar (every process
+        # but the first) does not count.
+        self.logged_step = start
         self.bar = tqdm(
             total=num_steps,
             initial=start,
@@ -166,7 +169,8 @@ class Progress:
         return bool(every) and step % every == 0
 
     def log(self, step: int, record: dict) -> None:
-        steps = step - self.bar.n
+        steps = step - self.logged_step
+        self.logged_step = step
         seconds = time.perf_counter() - self.interval_start
         self.train_seconds += seconds
         self.writer.scalars(
