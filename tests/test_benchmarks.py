@@ -61,3 +61,41 @@ def test_vs_pytorch_twins_compute_the_same_function():
     command = [sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "--rounds", "0"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_model_zoo_gives_each_config_the_same_training_time(monkeypatch):
+    """--minutes: the steps come from the calibration run's rate; the table shows the row."""
+    calls = []
+
+    def fake_train(name, workdir, *overrides):
+        calls.append((name, workdir, overrides))
+        steps = int(overrides[0].split("=")[1])
+        rate = 40.0 if "calibrate" in workdir else 38.0
+        metrics = dict(pixel_acc=0.9, mean_acc=0.8, miou=0.7, fwiou=0.85)
+        return dict(
+            config=name,
+            parameters=1_234_567,
+            steps=steps,
+            batch_size=16,
+            images=16 * steps,
+            images_per_second=rate,
+            step_seconds=16 / rate,
+            train_seconds=300.0,
+            wall_seconds=330.0,
+            **metrics,
+        )
+
+    monkeypatch.setattr(model_zoo, "train", fake_train)
+    row = model_zoo.run("deeplabv3plus_resnet18", minutes=2)
+    assert "calibrate" in calls[0][1]
+    assert calls[0][2][0] == f"--config.train.num_steps={model_zoo.CALIBRATION_STEPS}"
+    assert calls[1][2][0] == "--config.train.num_steps=300"  # 2 min x 40 img/s / 16
+    assert row["steps"] == 300 and row["calibrated_images_per_second"] == 40.0
+    line = model_zoo.table([row]).splitlines()[-1]
+    assert line == (
+        "| `configs/deeplabv3plus_resnet18.py` | 1.23 M | 300 x 16 | 38.0 | 421 ms | 5.0 min"
+        " | 0.900 | 0.800 | 0.700 | 0.850 |"
+    )
+    assert model_zoo.PARAMETERS.search("x\nModel unet: 1,940,000 parameters; 1 device(s)")[1] == (
+        "1,940,000"
+    )
