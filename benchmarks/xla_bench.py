@@ -13,6 +13,10 @@ shapes, in two modes:
              (state, batch, rng), the state donated as in training;
   inference  `jaxseg.inference.network.probabilities` (normalisation, the model in
              inference mode, softmax) on uint8 images, jitted.
+`--mode onnxruntime` (or `all`) adds a third, which needs the onnx extra:
+  onnxruntime  the same function exported as `export.py` writes it (jax2onnx: float32, the
+             weights as constants, the batch fixed) and run by onnxruntime on the same
+             images; its "compile s" is the export plus the session's creation.
 Both take the config's training batch size and crop size (`--batch`, `--size` override
 them); a model that pads its input (the original U-Net) gets the padded tile. A model name
 instead of a config benchmarks that model's defaults on the built-in shapes (64x64,
@@ -84,6 +88,7 @@ from jaxseg.run.state import count_params
 from jaxseg.run.step import variables_of
 
 MODES = ("train", "inference")
+ONNX_MODE = "onnxruntime"  # asked for by name: it needs the onnx extra and exports first
 MIB = 2**20
 # Dense peak TFLOP/s per device (chip), (bfloat16, float32): vendors' data sheets. float32 on
 # the GPUs is TF32 (XLA's default precision for float32 matmuls and convolutions there).
@@ -340,7 +345,15 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
         "devices": run.layout.num_devices,
     }
     records = []
-    for mode in sorted(modes, key=lambda m: m == "train"):
+    for mode in sorted(modes, key=("inference", ONNX_MODE, "train").index):
+        if mode == ONNX_MODE:
+            inference = [r for r in records if r["mode"] == "inference"]
+            flops = inference[0]["flops_per_step"] if inference else None
+            record = measure_onnxruntime(run, variables_of(state), host_batch, flops, args)
+            record = {**common, "dtype": "float32", "mode": mode, **record}
+            record["images_per_s"] = batch_size / (record["step_ms"] / 1e3)
+            records.append(record)
+            continue
         if mode == "train":
             function = run.train_step
             # build_run compiles the step with the XLA options its remat needs (remat.py).
@@ -412,6 +425,41 @@ def measure(function, arguments, donates_state: bool, dtype: str, args, profile_
     return record
 
 
+def measure_onnxruntime(run, variables, host_batch: dict, flops: float | None, args) -> dict:
+    """Exports the inference function as `export.py` writes it (float32, the weights as
+    constants, the batch fixed) and times onnxruntime on the same uint8 batch; "compile_s"
+    is the export (jax2onnx) plus the session's creation. FLOPs are XLA's count of the
+    same function (the inference row's), when it was measured."""
+    import tempfile
+
+    from jaxseg.inference.onnx_export import export_onnx, load_onnx
+
+    images = host_batch["image"]
+    rss_reset = reset_peak_rss()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.onnx")
+        export_onnx(path, run.model, variables, run.info, images.shape[1:3], len(images))
+        model = load_onnx(path)
+    record = {"compile_s": time.perf_counter() - start}
+    times = timed_steps(lambda: model.run(images), args.warmup, args.steps, None)
+    median = statistics.median(times)
+    peak, peak_source = device_peak("float32") if jax.default_backend() == "cpu" else (None, "")
+    return record | {
+        "step_ms": 1e3 * median,
+        "step_ms_min": 1e3 * min(times),
+        "step_ms_max": 1e3 * max(times),
+        "steps": len(times),
+        "flops_per_step": flops,
+        "flops_per_s": flops / median if flops else None,
+        "peak_flops_per_s": peak,
+        "peak_flops_source": peak_source,
+        "mfu": flops / median / peak if flops and peak else None,
+        "rss_peak_mib": peak_rss_mib(),
+        "rss_since": "this benchmark" if rss_reset else "process start",
+    }
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".py").replace(".py:", "_"))
 
@@ -438,8 +486,8 @@ TABLE = (
     ("GFLOP/step", lambda r: _number(r["flops_per_step"] and r["flops_per_step"] / 1e9, ".1f")),
     ("GFLOP/s", lambda r: _number(r["flops_per_s"] and r["flops_per_s"] / 1e9, ".1f")),
     ("MFU", lambda r: _number(r["mfu"] and 100 * r["mfu"], ".0f") + "%" * bool(r["mfu"])),
-    ("temp MiB", lambda r: f"{r['temporaries_mib']:.0f}"),
-    ("peak MiB", lambda r: f"{r['peak_mib']:.0f}"),
+    ("temp MiB", lambda r: _number(r.get("temporaries_mib"), ".0f")),
+    ("peak MiB", lambda r: _number(r.get("peak_mib"), ".0f")),
     ("RSS MiB", lambda r: f"{r['rss_peak_mib']:.0f}"),
 )
 
@@ -470,6 +518,12 @@ def targets_from(args) -> list[Target]:
     return [Target(spec, os.path.join(REPO, "configs", spec)) for spec in recipes()]
 
 
+def modes_from(asked: list[str]) -> tuple[str, ...]:
+    """The modes to run, in the order asked, "both" and "all" spelled out, once each."""
+    spelled = {"both": MODES, "all": (*MODES, ONNX_MODE)}
+    return tuple(dict.fromkeys(m for a in asked for m in spelled.get(a, (a,))))
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(s) for s in text.split(","))
@@ -488,7 +542,14 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config", action="append", help="config file[:argument] (repeatable)")
     parser.add_argument("--model", action="append", help="model name, on shapes (repeatable)")
-    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    parser.add_argument(
+        "--mode",
+        nargs="+",
+        choices=(*MODES, "both", ONNX_MODE, "all"),
+        default=["both"],
+        help=f"both: {' and '.join(MODES)}; {ONNX_MODE}: the exported ONNX file run by"
+        " onnxruntime (needs jaxseg[onnx]); all: the three",
+    )
     parser.add_argument("--batch", type=int, help="global batch size (default: the config's)")
     parser.add_argument("--size", type=_size, help="H,W (default: the config's crop size)")
     parser.add_argument(
@@ -519,7 +580,7 @@ def main(argv=None) -> int:
     """Runs the benchmarks; returns the exit status (1 if any failed)."""
     args = parse_args(argv)
     print(machine_line(), flush=True)
-    modes = MODES if args.mode == "both" else (args.mode,)
+    modes = modes_from(args.mode)
     records, seen = [], {}
     variants = [(d, r) for d in args.dtype or [None] for r in args.remat or [None]]
     for target, (dtype, remat) in itertools.product(targets_from(args), variants):

@@ -4,6 +4,7 @@ command-line path runs and gives the fields the README's tables show."""
 import glob
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -44,6 +45,21 @@ def test_a_config_in_both_modes(data_dir, tmp_path, capsys):
     train, inference = records[1], records[0]
     assert train["flops_per_step"] > 2 * inference["flops_per_step"]  # + backward
     assert out.count(f"| `{spec}` |") == 2 and "| MFU |" in out
+
+
+def test_onnxruntime_mode_times_the_exported_file(data_dir, capsys):
+    pytest.importorskip("jax2onnx")
+    argv = ["--config", f"{TINY_CONFIG}:{data_dir}", *FAST, "--mode", "onnxruntime", "inference"]
+    assert xla_bench.main(argv) == 0
+    records, out = _records(capsys)
+    assert [r["mode"] for r in records] == ["inference", "onnxruntime"]  # inference first
+    inference, onnx = records
+    assert onnx["input_shape"] == [4, 32, 32, 3] and onnx["params"] == inference["params"]
+    assert onnx["compile_s"] > 0 and onnx["step_ms_min"] <= onnx["step_ms"] <= onnx["step_ms_max"]
+    assert onnx["flops_per_step"] == inference["flops_per_step"]  # XLA's count of the same
+    assert math.isclose(onnx["images_per_s"], 4e3 / onnx["step_ms"])
+    assert re.search(r"\| onnxruntime \| 4x32x32 \| float32 \|.*\| n/a \| n/a \| \d+ \|", out), out
+    assert xla_bench.modes_from(["all", "train"]) == ("train", "inference", "onnxruntime")
 
 
 def test_dtypes_and_remats_run_in_turn(data_dir, capsys):
