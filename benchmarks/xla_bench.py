@@ -405,21 +405,7 @@ def measure(function, arguments, donates_state: bool, dtype: str, args, profile_
             arguments = (outputs[0], *arguments[1:])
 
     times = timed_steps(step, args.warmup, args.steps, profile_dir)
-    median = statistics.median(times)
-    peak, peak_source = device_peak(dtype)
-    record |= {
-        "step_ms": 1e3 * median,
-        "step_ms_min": 1e3 * min(times),
-        "step_ms_max": 1e3 * max(times),
-        "steps": len(times),
-        "flops_per_step": flops,
-        "flops_per_s": flops / median if flops else None,
-        "peak_flops_per_s": peak,
-        "peak_flops_source": peak_source,
-        "mfu": flops / median / peak if flops and peak else None,
-        "rss_peak_mib": peak_rss_mib(),
-        "rss_since": "this benchmark" if rss_reset else "process start",
-    }
+    record |= timing_record(times, flops, device_peak(dtype), rss_reset)
     if profile_dir:
         record["profile"] = profile_dir
     return record
@@ -443,18 +429,26 @@ def measure_onnxruntime(run, variables, host_batch: dict, flops: float | None, a
         model = load_onnx(path)
     record = {"compile_s": time.perf_counter() - start}
     times = timed_steps(lambda: model.run(images), args.warmup, args.steps, None)
+    # onnxruntime runs on the CPU here: its MFU is against the CPU's peak, if that is JAX's.
+    peak = device_peak("float32") if jax.default_backend() == "cpu" else (None, "")
+    return record | timing_record(times, flops, peak, rss_reset)
+
+
+def timing_record(times: list[float], flops, peak: tuple, rss_reset: bool) -> dict:
+    """The record's timing, FLOP/s, MFU and RSS fields (module docstring) from the timed
+    steps' seconds, the FLOPs of one step and the device's (peak FLOP/s, its source)."""
     median = statistics.median(times)
-    peak, peak_source = device_peak("float32") if jax.default_backend() == "cpu" else (None, "")
-    return record | {
+    peak_flops, peak_source = peak
+    return {
         "step_ms": 1e3 * median,
         "step_ms_min": 1e3 * min(times),
         "step_ms_max": 1e3 * max(times),
         "steps": len(times),
         "flops_per_step": flops,
         "flops_per_s": flops / median if flops else None,
-        "peak_flops_per_s": peak,
+        "peak_flops_per_s": peak_flops,
         "peak_flops_source": peak_source,
-        "mfu": flops / median / peak if flops and peak else None,
+        "mfu": flops / median / peak_flops if flops and peak_flops else None,
         "rss_peak_mib": peak_rss_mib(),
         "rss_since": "this benchmark" if rss_reset else "process start",
     }
