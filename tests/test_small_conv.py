@@ -36,7 +36,7 @@ def _inputs(side, kernel_size, in_features=6, out_features=5, seed=0):
     return jnp.asarray(x), jnp.asarray(kernel.astype(np.float32))
 
 
-def _both(stride, padding, dilation):
+def _both(stride, padding, dilation, feature_group_count=1):
     def options(x, kernel):
         numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
         return dict(
@@ -44,6 +44,7 @@ def _both(stride, padding, dilation):
             padding=padding,
             rhs_dilation=(dilation, dilation),
             dimension_numbers=numbers,
+            feature_group_count=feature_group_count,
         )
 
     def ours(x, kernel):
@@ -154,23 +155,7 @@ def test_depthwise_values_and_gradients_equal_lax(height, width, stride, padding
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 5)), jnp.float32)
-
-    def options(x, kernel):
-        numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
-        return dict(
-            window_strides=(stride, stride),
-            padding=padding,
-            rhs_dilation=(dilation, dilation),
-            dimension_numbers=numbers,
-            feature_group_count=5,
-        )
-
-    def ours(x, kernel):
-        return conv_general_dilated(x, kernel, **options(x, kernel))
-
-    def reference(x, kernel):
-        return lax.conv_general_dilated(x, kernel, **options(x, kernel))
-
+    ours, reference = _both(stride, padding, dilation, feature_group_count=5)
     want_out = reference(x, kernel)
     cotangent = jnp.asarray(rng.normal(size=want_out.shape), jnp.float32)
     got = _values_and_grads(ours, x, kernel, cotangent)

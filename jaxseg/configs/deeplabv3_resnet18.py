@@ -14,22 +14,13 @@ classifier at stride 16, bilinear upsampling) with configs/deeplabv3plus_resnet1
 data, optimizer and schedule, so the two compare DeepLabV3+'s stride-4 decoder.
 """
 
-from jaxseg.config import base_config, model_config, use_shapes_data
+import os
+
+from jaxseg.config import load_config_file, model_config
 
 
 def get_config():
-    config = base_config()
+    # configs/deeplabv3plus_resnet18.py's data, optimizer and schedule; DeepLabV3's head.
+    config = load_config_file(os.path.join(os.path.dirname(__file__), "deeplabv3plus_resnet18.py"))
     config.model = model_config("deeplabv3", encoder="resnet18", output_stride=16)
-    use_shapes_data(config, image_size=64)
-    config.data.batch_size = 16
-
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 1e-3
-    config.optim.warmup_steps = 20
-    config.optim.weight_decay = 1e-4
-
-    config.train.num_steps = 600
-    config.train.log_every = 20
-    config.train.eval_every = 200
-    config.train.checkpoint_every = 200
     return config
