@@ -101,7 +101,7 @@ class Run:
         return jax.eval_shape(self._init, jax.random.key(self.config.seed, impl="rbg"))
 
     def init_state(self, initialisation=None) -> TrainState:
-        """A fresh state, placed; with an `Initialisation` (jaxseg/train/initialise.py) its
+        """A fresh state, placed; with an `Initialisation` (jaxseg/run/initialise.py) its
         variables copied in. Returns the state, or (state, report) with an initialisation."""
         rng = jax.random.key(self.config.seed, impl="rbg")
         if initialisation is None:
