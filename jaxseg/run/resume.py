@@ -12,7 +12,7 @@ import json
 import os
 
 from jaxseg.preemption import stop_if_interrupted
-from jaxseg.run.build import Run
+from jaxseg.run.built import Run
 from jaxseg.run.checkpoint import Checkpointer
 from jaxseg.run.initialise import SOURCES
 

@@ -20,7 +20,8 @@ from jaxseg.evaluation.evaluate import evaluate, report, write_curves
 from jaxseg.preemption import StopSignals
 from jaxseg.report.tables import MetricSums, format_table, summarize
 from jaxseg.report.writer import RunWriter, logged_train_seconds
-from jaxseg.run.build import CHECKPOINTS, Run, build_run
+from jaxseg.run.build import CHECKPOINTS, build_run
+from jaxseg.run.built import Run
 from jaxseg.run.checkpoint import Checkpointer
 from jaxseg.run.initialise import SOURCES, load_initialisation
 from jaxseg.run.resume import resume_or_start
