@@ -287,9 +287,9 @@ def validate_config(config: ml_collections.ConfigDict, schema=None, prefix="") -
                 )
             validate_config(value, schema[key], prefix=f"{path}.")
     if not prefix:
-        check_values(config)
         options = config.loss.options
         loss_options_config(config.loss.terms, **(options.to_dict() if options else {}))
+        check_values(config)
 
 
 def use_shapes_data(config: ml_collections.ConfigDict, **options) -> None:

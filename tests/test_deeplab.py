@@ -285,7 +285,7 @@ def test_export_and_tiles(tmp_path):
 
 def test_torchvision_encoder_weights_fit_the_dilated_encoder(tmp_path):
     """init.encoder_weights: an ImageNet ResNet file (output stride 32) fits the dilated
-    encoder of DeepLabV3+ (dilation changes no shape), as train/initialise.py loads it."""
+    encoder of DeepLabV3+ (dilation changes no shape), as run/initialise.py loads it."""
     model = get_model("deeplabv3plus", num_classes=3, encoder="resnet18")
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)

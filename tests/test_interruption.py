@@ -23,9 +23,9 @@ from jaxseg.preemption import StopSignals
 from jaxseg.report.writer import read_metrics
 from jaxseg.run import build_run, load_run
 from jaxseg.run.checkpoint import INTEGRITY_FILE, Checkpointer
+from jaxseg.run.resume import resume_or_start
 from jaxseg.train import workdir as workdir_module
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.resume import resume_or_start
 from jaxseg.train.workdir import LOCK_FILE, WorkdirLock, lock_for_training
 
 # Long enough never to end by itself: these runs end by a signal.

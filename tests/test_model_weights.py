@@ -16,7 +16,7 @@ from jaxseg.errors import ConfigError
 from jaxseg.models import get_model, pretrained
 from jaxseg.run import load_run
 from jaxseg.run.build import build_model
-from jaxseg.train.initialise import load_initialisation
+from jaxseg.run.initialise import load_initialisation
 from jaxseg.train.loop import train_and_evaluate
 
 # Small versions of each model (ResNet-18 and MiT-B0 have no width options).

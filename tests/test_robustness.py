@@ -28,10 +28,10 @@ from jaxseg.run.checkpoint import (
     CheckpointMismatchError,
     DamagedCheckpointError,
 )
+from jaxseg.run.resume import resume_or_start
 from jaxseg.run.state import TrainState
 from jaxseg.train.divergence import skipping_nonfinite
 from jaxseg.train.loop import train_and_evaluate
-from jaxseg.train.resume import resume_or_start
 
 SAVED_STEPS = [2, 4, 6]
 

@@ -300,7 +300,7 @@ def test_encoder_weights_of_a_run_from_a_mit_checkpoint(tmp_path):
     """init.encoder_weights takes a mit-bX (or SegFormer) checkpoint for a SegFormer run."""
     from jaxseg.config import load_config_file
     from jaxseg.run.build import build_model
-    from jaxseg.train.initialise import load_initialisation
+    from jaxseg.run.initialise import load_initialisation
 
     state_dict = _random_weights("mit_b0")
     path = tmp_path / "model.safetensors"

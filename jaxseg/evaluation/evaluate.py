@@ -78,9 +78,9 @@ def report(
     its record to metrics.jsonl and both to TensorBoard (training does, evaluate.py not).
 
     `variables` must be usable by a plain jit (a mesh state, or `layout.saveable`'s).
+    The pictures are drawn first, then everything is written.
     """
-    if log:
-        writer.scalars({"step": step, "split": split, **record})
+    pictures = []  # (path under the run, PNG, TensorBoard tag or "")
     if run.config.train.grid_examples:
         images, labels = grid_examples(run, split)
         predictions = predict_classes(run.model, run.info, variables, images)
@@ -89,12 +89,16 @@ def report(
             title=f"{split}, step {step}{suffix}: mIoU {record['miou']:.3f}",
         )  # fmt: skip
         tag = f"{split}/predictions" if log else ""
-        writer.picture(f"images/{split}-{step}{suffix}.png", png, step, tag)
+        pictures.append((f"images/{split}-{step}{suffix}.png", png, tag))
     if confusion is not None:
         png = figures.confusion_heatmap(
             confusion, run.info.class_names, f"Confusion matrix, {split}, step {step}{suffix}"
         )
-        writer.picture(f"images/confusion-{split}-{step}{suffix}.png", png)
+        pictures.append((f"images/confusion-{split}-{step}{suffix}.png", png, ""))
+    if log:
+        writer.scalars({"step": step, "split": split, **record})
+    for path, png, tag in pictures:
+        writer.picture(path, png, step, tag)
 
 
 def write_curves(writer: RunWriter, eval_split: str, title: str) -> None:

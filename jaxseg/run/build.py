@@ -1,32 +1,25 @@
-"""config -> Run: the dataset, model, task (loss + metrics), optimizer, data streams and
-compiled steps a config describes, built once for training, evaluation and the benchmarks.
+"""config -> Run: the dataset, model, task (loss + metrics), optimizer and compiled steps a
+config describes, built once for training, evaluation and the benchmarks (the Run itself,
+with its data streams and fresh state: built.py).
 """
 
-import dataclasses
 import functools
-from collections.abc import Sequence
 
 import flax
 import jax
 import ml_collections
-import numpy as np
-import optax
 
 from jaxseg.checks import check_against_data
 from jaxseg.config import import_modules, validate_config
 from jaxseg.data import load_dataset
-from jaxseg.data.info import SegmentationInfo
-from jaxseg.data.pipeline import LoaderConfig, batches, eval_dataset, train_dataset
-from jaxseg.data.transforms import AugmentConfig
-from jaxseg.errors import DataError
 from jaxseg.models import SegmentationModel, get_model
 from jaxseg.models.remat import compiler_options
 from jaxseg.run import parallel
+from jaxseg.run.built import Run
 from jaxseg.run.finite import skipping_nonfinite
 from jaxseg.run.optim import make_optimizer
-from jaxseg.run.state import TrainState, create_train_state
-from jaxseg.run.step import eval_step, train_step, variables_of
-from jaxseg.run.task import Task, build_task
+from jaxseg.run.step import eval_step, train_step
+from jaxseg.run.task import build_task
 
 CHECKPOINTS = "checkpoints"
 
@@ -42,123 +35,6 @@ def build_model(model_config, num_classes: int) -> SegmentationModel:
     if options.get("num_classes") is None:
         options["num_classes"] = num_classes
     return get_model(name, **options)
-
-
-def init_input_shape(model: SegmentationModel, side: int = 64) -> tuple[int, int, int]:
-    """An (H, W, 3) input the model takes, to initialise it. Parameter shapes and initial
-    values do not depend on the input size of these fully convolutional models."""
-    multiple = model.input_multiple()
-    side = -(-side // multiple) * multiple
-    pads = model.input_padding(side, side)
-    if pads:
-        side += sum(pads[0][0])
-    return (side, side, 3)
-
-
-def run_record(config, info: SegmentationInfo) -> dict:
-    """What every checkpoint carries so that it can be loaded on its own."""
-    return {"config": config.to_dict(), "info": info.to_dict()}
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything a config needs to train or evaluate, built once by `build_run`.
-
-    The compiled steps: `train_step(state, batch, rng) -> (state, metric sums)` and
-    `eval_step(variables, batch) -> metric sums`, batches placed by `layout.put_batch`.
-    """
-
-    config: ml_collections.ConfigDict
-    sources: dict[str, Sequence]
-    info: SegmentationInfo
-    model: SegmentationModel
-    layout: parallel.MeshParallel | parallel.PmapParallel
-    optimizer: optax.GradientTransformation
-    task: Task
-    train_step: object
-    eval_step: object
-
-    @property
-    def shard(self) -> dict:
-        return dict(process_index=jax.process_index(), process_count=jax.process_count())
-
-    def source(self, split: str, key: str = "split"):
-        """The dataset split; DataError listing the splits there are."""
-        if split not in self.sources:
-            raise DataError(
-                f"{key}={split!r} is not a split of dataset {self.config.data.name!r};"
-                f" its splits: {sorted(self.sources)}"
-            )
-        return self.sources[split]
-
-    def _init(self, rng):
-        return create_train_state(rng, self.model, self.optimizer, init_input_shape(self.model))
-
-    @functools.cached_property
-    def abstract_state(self) -> TrainState:
-        # Init draws one random tensor per layer: XLA on CPU compiles that in a
-        # fraction of the time with RBG keys than with threefry.
-        return jax.eval_shape(self._init, jax.random.key(self.config.seed, impl="rbg"))
-
-    def init_state(self, initialisation=None) -> TrainState:
-        """A fresh state, placed; with an `Initialisation` (jaxseg/train/initialise.py) its
-        variables copied in. Returns the state, or (state, report) with an initialisation."""
-        rng = jax.random.key(self.config.seed, impl="rbg")
-        if initialisation is None:
-            return self.layout.init_state(self._init, rng)
-        state = jax.jit(self._init)(rng)
-        variables, report = initialisation.apply(variables_of(state))
-        state = state.replace(
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=self.optimizer.init(variables["params"]),
-        )
-        return self.layout.place(state), report
-
-    @property
-    def step_rng(self):
-        """Dropout's base key (threefry: its bits do not depend on how the batch is sharded)."""
-        return jax.random.key(self.config.seed)
-
-    def loader(self, batch_size: int) -> LoaderConfig:
-        data = self.config.data
-        return LoaderConfig(batch_size, data.num_threads, data.num_workers, data.prefetch)
-
-    def augment_config(self) -> AugmentConfig:
-        options = dict(self.config.data.augment)
-        options.update(
-            crop_size=tuple(options["crop_size"]), scale_range=tuple(options["scale_range"])
-        )
-        return AugmentConfig(**options, ignore_label=self.info.ignore_label)
-
-    def train_batches(self, data_state: dict | None = None):
-        """The training batch iterator, restored to `data_state` (from a checkpoint) if given."""
-        dataset = train_dataset(
-            self.source(self.config.data.train_split, "data.train_split"),
-            self.augment_config(),
-            self.loader(self.config.data.batch_size),
-            self.config.seed,
-            input_padding=self.model.input_padding,
-            **self.shard,
-        )
-        return batches(dataset, data_state)
-
-    def eval_batches(self, split: str):
-        """One pass over `split` in global batches, padded as the data and the model need."""
-        data = self.config.data
-        return eval_dataset(
-            self.source(split),
-            self.loader(data.eval_batch_size),
-            self.info.ignore_label,
-            int(np.lcm(data.eval_pad_multiple, self.model.input_multiple())),
-            input_padding=self.model.input_padding,
-            limit=data.eval_examples,
-            pad_to=tuple(data.eval_pad_to) or None,
-            **self.shard,
-        )
-
-    def record(self) -> dict:
-        return run_record(self.config, self.info)
 
 
 def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None) -> Run:
@@ -180,6 +56,7 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     parallel.check_batch_size(
         config.data.eval_batch_size, layout.num_devices, "data.eval_batch_size"
     )
+    optimizer = make_optimizer(config.optim, config.train.num_steps)
     sources, info = load_dataset(config.data.name, **config.data.options)
     check_against_data(config, sources, info)
     model = build_model(config.model, info.num_classes)
@@ -187,18 +64,17 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     step_fn = functools.partial(train_step, task=task, axis=layout.axis)
     if config.train.skip_nonfinite_steps:
         step_fn = skipping_nonfinite(step_fn)
+    eval_fn = functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
     return Run(
         config=config,
         sources=sources,
         info=info,
         model=model,
         layout=layout,
-        optimizer=make_optimizer(config.optim, config.train.num_steps),
+        optimizer=optimizer,
         task=task,
+        eval_step=layout.compile_eval(eval_fn),
         train_step=layout.compile_train(
             step_fn, compiler_options(model.remat, jax.default_backend())
-        ),
-        eval_step=layout.compile_eval(
-            functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
         ),
     )

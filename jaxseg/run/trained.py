@@ -17,7 +17,8 @@ from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import RunError
 from jaxseg.inference import network
 from jaxseg.models import SegmentationModel
-from jaxseg.run.build import CHECKPOINTS, build_model, init_input_shape
+from jaxseg.run.build import CHECKPOINTS, build_model
+from jaxseg.run.built import init_input_shape
 from jaxseg.run.checkpoint import Checkpointer
 
 

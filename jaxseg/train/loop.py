@@ -1,8 +1,8 @@
 """train_and_evaluate(config, workdir): the training program as a library call.
 
 Around the loop, each in its own module: the workdir lock (workdir.py), where the run
-starts (resume.py), stopping on SIGTERM/SIGINT with a checkpoint (preemption.py), and
-stopping on a loss or state that is not finite (divergence.py).
+starts (jaxseg/run/resume.py), stopping on SIGTERM/SIGINT with a checkpoint
+(preemption.py), and stopping on a loss or state that is not finite (divergence.py).
 """
 
 import contextlib
@@ -20,13 +20,14 @@ from jaxseg.evaluation.evaluate import evaluate, report, write_curves
 from jaxseg.preemption import StopSignals
 from jaxseg.report.tables import MetricSums, format_table, summarize
 from jaxseg.report.writer import RunWriter, logged_train_seconds
-from jaxseg.run.build import CHECKPOINTS, Run, build_run
+from jaxseg.run.build import CHECKPOINTS, build_run
+from jaxseg.run.built import Run
 from jaxseg.run.checkpoint import Checkpointer
+from jaxseg.run.initialise import SOURCES, load_initialisation
+from jaxseg.run.resume import resume_or_start
 from jaxseg.run.state import count_params
 from jaxseg.run.step import variables_of
 from jaxseg.train.divergence import DivergenceGuard
-from jaxseg.train.initialise import SOURCES, load_initialisation
-from jaxseg.train.resume import resume_or_start
 from jaxseg.train.workdir import lock_for_training
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from jaxseg.errors import ConfigError
 from jaxseg.models import pretrained
 from jaxseg.run.optim import parameter_path
+from jaxseg.run.trained import load_run
 
 SOURCES = ("encoder_weights", "model_weights", "from_run")  # the keys of `config.init`
 
@@ -45,8 +46,6 @@ def load_initialisation(config, model) -> Initialisation | None:
         return None
     key = given[0]
     if key == "from_run":
-        from jaxseg.run import load_run
-
         source = load_run(config.init.from_run)
         record = {"from_run": {"workdir": source.workdir, "step": source.step}}
         return Initialisation(record, jax.tree.map(np.asarray, source.variables))

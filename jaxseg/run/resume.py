@@ -12,9 +12,9 @@ import json
 import os
 
 from jaxseg.preemption import stop_if_interrupted
-from jaxseg.run import Run
+from jaxseg.run.built import Run
 from jaxseg.run.checkpoint import Checkpointer
-from jaxseg.train.initialise import SOURCES
+from jaxseg.run.initialise import SOURCES
 
 # Settings whose change can make a checkpoint unusable: a mismatch error lists their changes.
 STRUCTURAL_GROUPS = ("model", "optim")
@@ -29,30 +29,42 @@ def resume_or_start(run: Run, checkpointer: Checkpointer, workdir: str, initiali
         lambda meta: changed_settings(saved_config(meta, workdir), run.config),
     )
     if restored is None:
-        if initialisation is None:
-            return run.init_state(), run.train_batches(), 0, None
-        state, report = run.init_state(initialisation)
-        print(f"Initialised from {describe_initialisation(report)}")
-        return state, run.train_batches(), 0, report
+        state, report = fresh_state(run, initialisation)
+        start, data_state = 0, None
+    else:
+        state, start, data_state, report = resumed_state(
+            run, restored, checkpointer.directory, workdir
+        )
+    return state, run.train_batches(data_state), start, report
+
+
+def resumed_state(run: Run, restored, directory: str, workdir: str):
+    """(state, step, data stream state, init report) of a checkpoint restored from
+    `directory`, saying what changed since it was saved."""
     for note in restored.set_aside:
         print(note)
     start = restored.step
     newest_intact = ", the newest intact one" if restored.set_aside else ""
-    print(
-        f"Resuming from the checkpoint at step {start} in {checkpointer.directory}{newest_intact}"
-    )
+    print(f"Resuming from the checkpoint at step {start} in {directory}{newest_intact}")
     given = [f"init.{key}" for key in SOURCES if run.config.init[key]]
     if given:
         print(f"  ({'/'.join(given)} applies to a fresh run: the checkpoint wins)")
     saved = saved_config(restored.meta, workdir)
     for notice in resume_notices(saved, run.config, start, restored.data_state):
         print(f"  {notice}")
-    return (
-        run.layout.place_restored(restored.state),
-        run.train_batches(stream_state(restored.data_state, saved, run.config, start)),
-        start,
-        (restored.meta or {}).get("init"),
-    )
+    state = run.layout.place_restored(restored.state)
+    data_state = stream_state(restored.data_state, saved, run.config, start)
+    return state, start, data_state, (restored.meta or {}).get("init")
+
+
+def fresh_state(run: Run, initialisation=None):
+    """(state, init report): a fresh state, from `initialisation` if given (report None if
+    not)."""
+    if initialisation is None:
+        return run.init_state(), None
+    state, report = run.init_state(initialisation)
+    print(f"Initialised from {describe_initialisation(report)}")
+    return state, report
 
 
 def saved_config(meta: dict | None, workdir: str) -> dict | None:
