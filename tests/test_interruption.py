@@ -4,6 +4,7 @@ holds one training run (its lock; a dead holder's lock is taken over)."""
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import signal
@@ -32,7 +33,18 @@ from jaxseg.train.workdir import LOCK_FILE, WorkdirLock, lock_for_training
 ENDLESS = ("--config.train.num_steps=1000000", "--config.optim.schedule=constant")
 
 
-def _train_py(workdir, data_dir, *overrides, devices=4, **popen):
+def _as_from_a_terminal(block_sigint: bool = False):
+    """The child's signals as a shell's foreground job has them: SIGINT and SIGTERM at their
+    defaults. An ignored disposition is inherited across exec, and the pytest worker that
+    starts train.py may have one from an earlier test's code (a Ctrl-C would then never
+    reach the run: a terminal sends it only to foreground jobs, whose SIGINT is default)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    if block_sigint:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _train_py(workdir, data_dir, *overrides, devices=4, block_sigint=False, **popen):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     command = [sys.executable, str(REPO / "train.py"), "--config", f"{TINY_CONFIG}:{data_dir}"]
     return subprocess.Popen(
@@ -41,6 +53,7 @@ def _train_py(workdir, data_dir, *overrides, devices=4, **popen):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=functools.partial(_as_from_a_terminal, block_sigint),
         **popen,
     )
 
@@ -209,10 +222,6 @@ def test_a_ctrl_c_while_a_run_starts_up_waits_for_a_safe_point(start_up_handler,
         time.sleep(0.01)
 
 
-def _block_sigint():
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-
 @pytest.mark.parametrize("inherited_mask", ["default", "sigint_blocked"])
 def test_one_ctrl_c_while_train_py_starts_up_stops_it_cleanly(data_dir, tmp_path, inherited_mask):
     """Ctrl-C once, in the seconds before the first step (restoring, compiling): the run
@@ -221,8 +230,8 @@ def test_one_ctrl_c_while_train_py_starts_up_stops_it_cleanly(data_dir, tmp_path
     trained on)."""
     build_run(tiny_config(data_dir))  # builds the dataset once, first
     workdir = tmp_path / "run"
-    blocked = {"preexec_fn": _block_sigint} if inherited_mask == "sigint_blocked" else {}
-    trainer = _train_py(workdir, data_dir, *ENDLESS, start_new_session=True, **blocked)
+    blocked = inherited_mask == "sigint_blocked"
+    trainer = _train_py(workdir, data_dir, *ENDLESS, start_new_session=True, block_sigint=blocked)
     for _ in range(6000):  # the lock is taken after the data is built, before compiling
         if (workdir / LOCK_FILE).exists() or trainer.poll() is not None:
             break
