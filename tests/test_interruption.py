@@ -35,9 +35,10 @@ ENDLESS = ("--config.train.num_steps=1000000", "--config.optim.schedule=constant
 
 def _as_from_a_terminal(block_sigint: bool = False):
     """The child's signals as a shell's foreground job has them: SIGINT and SIGTERM at their
-    defaults. An ignored disposition is inherited across exec, and the pytest worker that
-    starts train.py may have one from an earlier test's code (a Ctrl-C would then never
-    reach the run: a terminal sends it only to foreground jobs, whose SIGINT is default)."""
+    defaults. An ignored disposition is inherited across exec: pytest started as a
+    background job of a non-interactive shell (`pytest &`, `nohup`) ignores SIGINT, and so
+    would train.py (a terminal sends Ctrl-C only to foreground jobs, whose SIGINT is
+    default)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
     if block_sigint:
