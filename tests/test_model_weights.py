@@ -60,6 +60,15 @@ def _flat(tree, prefix=()) -> dict[str, np.ndarray]:
     return {"/".join(prefix): np.asarray(tree)}
 
 
+def _with_imagenet_classifier(state_dict: dict, name: str, features: int) -> dict:
+    """`state_dict` plus a 1000-way ImageNet classifier `name` (weights of ones): what a
+    classification checkpoint carries beside its encoder."""
+    return state_dict | {
+        f"{name}.weight": np.ones((1000, features), np.float32),
+        f"{name}.bias": np.ones(1000, np.float32),
+    }
+
+
 def _initialised(config, model) -> tuple[dict, dict]:
     """The variables and report `config.init` gives `model`; what it leaves fresh is zero."""
     shapes = jax.eval_shape(
@@ -242,11 +251,8 @@ def test_encoder_weights_of_a_segformer_config_from_an_imagenet_mit(data_dir, tm
     """transformers' nvidia/mit-b0 (SegformerForImageClassification): the encoder and a
     1000-way classifier, which is ignored; the decoder starts fresh."""
     state_dict = _reference_state_dict("segformer")
-    imagenet = {k: v for k, v in state_dict.items() if k.startswith("segformer.encoder.")}
-    imagenet |= {
-        "classifier.weight": np.ones((1000, 256), np.float32),
-        "classifier.bias": np.ones(1000, np.float32),
-    }
+    mit = {k: v for k, v in state_dict.items() if k.startswith("segformer.encoder.")}
+    imagenet = _with_imagenet_classifier(mit, "classifier", 256)
     path = tmp_path / "model.safetensors"
     pretrained.save_safetensors(path, imagenet)
     config = _config(data_dir, "segformer", **{"init.encoder_weights": str(path)})
@@ -272,15 +278,7 @@ def test_encoder_weights_of_a_deeplab_config_from_a_resnet(source, data_dir, tmp
     )
     prefix = "backbone." if source == "torchvision_deeplabv3" else "encoder."
     resnet = {k.removeprefix(prefix): v for k, v in whole.items() if k.startswith(prefix)}
-    state_dict = (
-        whole
-        if source != "imagenet"
-        else resnet
-        | {
-            "fc.weight": np.ones((1000, 512), np.float32),
-            "fc.bias": np.ones(1000, np.float32),
-        }
-    )
+    state_dict = whole if source != "imagenet" else _with_imagenet_classifier(resnet, "fc", 512)
     path = tmp_path / "resnet18.safetensors"
     pretrained.save_safetensors(path, state_dict)
     config = _config(data_dir, "deeplabv3plus", **{"init.encoder_weights": str(path)})
