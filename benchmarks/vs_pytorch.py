@@ -22,7 +22,7 @@ from torch import nn
 import jaxseg
 from jaxseg.models import upsample as upsample_module
 from jaxseg.models.conv_transpose import lax_conv_transpose
-from jaxseg.models.fcn import CAFFE_FINAL_OFFSETS, CAFFE_SKIP_OFFSETS
+from jaxseg.models.encoders.vgg import CAFFE
 from jaxseg.models.upsample import bilinear_filter
 
 USAGE = """\
@@ -151,8 +151,8 @@ class TorchFCN8s(nn.Module):
 
     def __init__(self, num_classes=21):
         super().__init__()
-        self.skip_offsets = CAFFE_SKIP_OFFSETS
-        self.final_offset = CAFFE_FINAL_OFFSETS[8]
+        self.skip_offsets = CAFFE.skip_offsets
+        self.final_offset = CAFFE.final_offsets[8]
         blocks, in_channels = [], 3
         for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
             layers = []

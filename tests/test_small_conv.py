@@ -1,5 +1,5 @@
 """small_conv.conv_general_dilated equals lax's (values, gradients) and avoids XLA:CPU's
-slow convolution on tiny maps."""
+slow convolutions: on tiny maps, depthwise, and kernel gradients."""
 
 import re
 
@@ -11,6 +11,7 @@ import pytest
 from jax import export, lax
 
 from jaxseg.models import get_model
+from jaxseg.models.conv_kernel_grad import kernel_gradient, worth_it
 from jaxseg.models.small_conv import SMALL_OUTPUT_PIXELS, Conv, conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -206,3 +207,117 @@ def test_models_with_depthwise_convs_train_without_grouped_convolutions_on_cpu()
         convolutions = [line for line in text.splitlines() if " convolution(" in line]
         assert convolutions, name  # the dense convs stay XLA's
         assert not [c for c in convolutions if "feature_group_count" in c], name
+
+
+# (height, width, kernel, padding, dilation, in features) of stride-1 convolutions on maps
+# larger than SMALL_OUTPUT_PIXELS with at least MIN_OUT_FEATURES outputs: U-Net's 3x3 "same"
+# and "valid" (paper) convs, DeepLab's dilated 3x3 (ASPP), uneven pads, an RGB input.
+KERNEL_GRAD_CASES = [
+    pytest.param(9, 11, (3, 3), "SAME", 1, 16, id="3x3-same"),
+    pytest.param(10, 9, (3, 3), "VALID", 1, 16, id="3x3-valid"),
+    pytest.param(12, 10, (3, 3), ((2, 2), (2, 2)), 2, 16, id="3x3-dilated2"),
+    pytest.param(8, 9, (3, 3), ((0, 1), (2, 0)), 1, 16, id="uneven-padding"),
+    pytest.param(9, 8, (3, 3), "SAME", 1, 3, id="rgb-input-im2col"),
+    pytest.param(7, 9, (1, 3), ((0, 0), (1, 1)), 1, 16, id="1x3"),
+]
+# Shapes only `kernel_gradient` itself meets (the conv keeps XLA's form for them): VGG's fc6
+# (7x7, valid) and a 5x5 kernel at dilation 3.
+LARGE_KERNEL_CASES = [
+    pytest.param(13, 12, (7, 7), "VALID", 1, 16, id="fc6-7x7-valid"),
+    pytest.param(9, 8, (5, 5), ((6, 6), (6, 6)), 3, 16, id="5x5-dilated3"),
+    pytest.param(9, 8, (5, 5), ((6, 6), (6, 6)), 3, 2, id="5x5-dilated3-im2col"),
+]
+
+
+def _kernel_grad_inputs(height, width, kernel_size, padding, dilation, in_features):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, height, width, in_features)), jnp.float32)
+    kernel = rng.normal(size=(*kernel_size, in_features, 32)).astype(np.float32)
+    ours, reference = _both(1, padding, dilation)
+    out_shape = jax.eval_shape(reference, x, kernel).shape
+    cotangent = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+    if isinstance(padding, str):
+        effective = [(k - 1) * dilation + 1 for k in kernel_size]
+        padding = lax.padtype_to_pads(x.shape[1:3], effective, (1, 1), padding)
+    pads = tuple(tuple(p) for p in padding)
+    return x, jnp.asarray(kernel), cotangent, pads, ours, reference
+
+
+@pytest.mark.parametrize(
+    "height, width, kernel_size, padding, dilation, in_features",
+    KERNEL_GRAD_CASES + LARGE_KERNEL_CASES,
+)
+def test_kernel_gradient_alone_equals_lax(
+    height, width, kernel_size, padding, dilation, in_features
+):
+    x, kernel, cotangent, pads, _, reference = _kernel_grad_inputs(
+        height, width, kernel_size, padding, dilation, in_features
+    )
+    want = jax.vjp(lambda k: reference(x, k), kernel)[1](cotangent)[0]
+    got = jax.jit(kernel_gradient, static_argnums=(2, 3, 4))(
+        x, cotangent, kernel.shape, pads, (dilation, dilation)
+    )
+    # The same products summed in another order: float32 rounding apart; a wrong shift is
+    # off by the values' own size.
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(np.asarray(want)).max())
+
+
+@pytest.mark.parametrize(
+    "height, width, kernel_size, padding, dilation, in_features", KERNEL_GRAD_CASES
+)
+def test_conv_with_gemm_kernel_gradient_equals_lax(
+    height, width, kernel_size, padding, dilation, in_features
+):
+    x, kernel, cotangent, _, ours, reference = _kernel_grad_inputs(
+        height, width, kernel_size, padding, dilation, in_features
+    )
+    assert cotangent.shape[1] * cotangent.shape[2] > SMALL_OUTPUT_PIXELS
+    got = _values_and_grads(ours, x, kernel, cotangent)
+    want = _values_and_grads(reference, x, kernel, cotangent)
+    for got_part, want_part in zip(got, want, strict=True):
+        want_part = np.asarray(want_part)
+        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+
+    # On CPU the forward and input-gradient convolutions stay XLA's; the kernel gradient,
+    # which XLA runs as a convolution whose window is the whole map, is a dot.
+    def windows(conv):
+        def loss(x, kernel):
+            return jnp.sum(jnp.sin(conv(x, kernel)))
+
+        text = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).compile().as_text()
+        return set(re.findall(r" convolution\(.*window=\{size=(\d+x\d+)", text))
+
+    kernel_window = "x".join(map(str, kernel_size))
+    assert windows(reference) - {kernel_window}  # XLA's kernel gradient
+    assert windows(ours) == {kernel_window}
+
+
+def test_gemm_kernel_gradient_only_where_it_pays():
+    """Few outputs, large kernels, strides: XLA's convolution throughout."""
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 16, 16, 16)), jnp.float32)
+    for kernel_shape, stride in (((3, 3, 16, 16), 1), ((7, 7, 16, 32), 1), ((3, 3, 16, 32), 2)):
+        assert not (worth_it(kernel_shape) and stride == 1)
+        ours, _ = _both(stride, "SAME", 1)
+        jaxpr = str(jax.make_jaxpr(ours)(x, jnp.zeros(kernel_shape, jnp.float32)))
+        assert "platform_index" not in jaxpr, kernel_shape
+    kernel = jnp.zeros((3, 3, 16, 32), jnp.float32)
+    assert worth_it(kernel.shape)
+    ours, reference = _both(1, "SAME", 1)
+    assert "platform_index" in str(jax.make_jaxpr(ours)(x, kernel))
+    # An export carries both forms; the other platforms get XLA's.
+    exported = export.export(jax.jit(ours), platforms=("cpu", "cuda"))(x, kernel)
+    assert "stablehlo.convolution" in exported.mlir_module()
+    np.testing.assert_allclose(exported.call(x, kernel), reference(x, kernel), atol=1e-5)
+
+
+def test_bfloat16_kernel_gradient_stays_in_bfloat16():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 16)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 32)), jnp.bfloat16)
+    ours, reference = _both(1, "SAME", 1)
+    got = jax.grad(lambda k: jnp.sum(ours(x, k).astype(jnp.float32)))(kernel)
+    want = jax.grad(lambda k: jnp.sum(reference(x, k).astype(jnp.float32)))(kernel)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0.05, atol=0.5
+    )

@@ -1,5 +1,5 @@
-"""Convolution equal to `jax.lax.conv_general_dilated`, run on CPU as one GEMM on tiny maps
-and as shifted multiply-adds when depthwise.
+"""Convolution equal to `jax.lax.conv_general_dilated`, run on CPU as one GEMM on tiny maps,
+as shifted multiply-adds when depthwise, and with a GEMM kernel gradient elsewhere.
 
 Why: XLA:CPU runs a 3x3 convolution whose output is only a few pixels across (a ResNet's
 last stage on 64x64 images works on 2x2 maps) at a small fraction of its speed elsewhere.
@@ -21,6 +21,9 @@ measured on this machine, forward+backward of a 3x3 depthwise conv, batch 8, 64x
 taps (16x20x512 at rate 6 / 12: 2.9 / 3.7 s against 0.67 / 0.49 s; medians of 5, a busy
 machine, so the ratios are what counts). On CPU only, the same way.
 
+Stride-1 convolutions on larger maps keep XLA's forward convolution, which is fast on CPU,
+but their kernel gradient, which is not, is one GEMM there (conv_kernel_grad.py).
+
 `conv_general_dilated` has lax's signature, so `nn.Conv(..., conv_general_dilated=...)`
 (`Conv` below) uses it with the same parameters, names and initialisation.
 """
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxseg.models.conv_kernel_grad import conv_gemm_kernel_grad, worth_it
 from jaxseg.models.platforms import per_platform
 
 SMALL_OUTPUT_PIXELS = 16  # 4x4: im2col is faster up to here on XLA:CPU (module docstring)
@@ -106,8 +110,9 @@ def conv_general_dilated(
     convolutions without input dilation and with a kernel larger than 1x1: a depthwise one
     (one group per input channel, one output per group) is computed as shifted
     multiply-adds; one without groups whose output has at most SMALL_OUTPUT_PIXELS pixels as
-    one matmul (im2col). Both compute the same sums in another order (equal to float
-    rounding).
+    one matmul (im2col); a stride-1 one on a larger map, wide enough
+    (`conv_kernel_grad.worth_it`), is XLA's convolution with the kernel gradient as one GEMM.
+    All compute the same sums in another order (equal to float rounding).
     """
 
     def reference(lhs, rhs):
@@ -150,7 +155,13 @@ def conv_general_dilated(
         return per_platform(lhs, rhs, cpu=shifted, default=reference)
     out_shape = jax.eval_shape(reference, lhs, rhs).shape
     if out_shape[1] * out_shape[2] > SMALL_OUTPUT_PIXELS:
-        return reference(lhs, rhs)
+        if tuple(window_strides) != (1, 1) or not worth_it(rhs.shape):
+            return reference(lhs, rhs)
+
+        def gemm_kernel_grad(lhs, rhs):
+            return conv_gemm_kernel_grad(lhs, rhs, pads, dilation, precision)
+
+        return per_platform(lhs, rhs, cpu=gemm_kernel_grad, default=reference)
 
     def im2col(lhs, rhs):
         return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
