@@ -20,23 +20,23 @@ from machine import cpu_name, software, usable_cpus
 from torch import nn
 
 import jaxseg
-from jaxseg.models import upsample as upsample_module
-from jaxseg.models.conv_transpose import lax_conv_transpose
 from jaxseg.models.encoders.vgg import CAFFE
+from jaxseg.models.platforms import plain_lax_forms
 from jaxseg.models.upsample import bilinear_filter
 
 USAGE = """\
     pip install -e ".[bench]"
     python benchmarks/vs_pytorch.py --check                # unet, fcn8s, default
     python benchmarks/vs_pytorch.py fcn8s --rounds 4 --warmup 1
-    python benchmarks/vs_pytorch.py unet --variants jax jax-lax  # old vs new upsampling only
+    python benchmarks/vs_pytorch.py unet --variants jax jax-lax  # CPU rewrites off vs on only
     python benchmarks/vs_pytorch.py unet --rounds 0 --profile    # where the jaxseg step goes
     python benchmarks/vs_pytorch.py unet --rounds 0 --conv-kernels  # XLA vs oneDNN per conv
 
 Variants, run in one process and taken in turn (one step each per round, after a short
 pause, so load from other users of the machine hits them alike): "jax" (jaxseg as it is:
-`conv_transpose` picks its CPU form), "jax-lax" (the same step traced with plain
-`jax.lax.conv_transpose`, the form before the CPU rewrite), "torch" (the PyTorch eager twin
+every CPU rewrite in its CPU form), "jax-lax" (the same step traced with the plain lax
+forms, `jaxseg.models.platforms.plain_lax_forms`: XLA's own convolutions, transposed
+convolutions and kernel gradients, as before the CPU rewrites), "torch" (the PyTorch eager twin
 below, NCHW as PyTorch uses by default) and "torch-cl" (the twin in channels_last). Every
 step is the same computation: forward in training mode (batch norm batch statistics,
 dropout), mean softmax cross-entropy over all pixels, backward, AdamW (lr 1e-4, weight
@@ -218,17 +218,6 @@ def torch_step(model, optimizer, images, labels):
 # ---------------------------------------------------------------- jaxseg
 
 
-@contextlib.contextmanager
-def lax_transposed_convs():
-    """Traces TransposedConvUpsample with plain `jax.lax.conv_transpose` (the old form)."""
-    saved = upsample_module.conv_transpose
-    upsample_module.conv_transpose = lax_conv_transpose
-    try:
-        yield
-    finally:
-        upsample_module.conv_transpose = saved
-
-
 def jax_train_step(model, tx):
     """(params, batch_stats, opt_state, images, labels, rng) -> same + loss; state donated."""
 
@@ -252,7 +241,8 @@ def jax_train_step(model, tx):
 
 
 class JaxRunner:
-    """A compiled jaxseg train step and its state; `lax=True` traces the pre-rewrite form."""
+    """A compiled jaxseg train step and its state; `lax=True` traces the plain lax forms
+    (no CPU rewrite)."""
 
     def __init__(self, name, images, labels, lax=False):
         model_name, options, _, _ = BENCHMARKS[name]
@@ -266,7 +256,7 @@ class JaxRunner:
         self.rng = jax.random.key(1)
         self.step_count = 0
         start = time.perf_counter()
-        with lax_transposed_convs() if lax else contextlib.nullcontext():
+        with plain_lax_forms() if lax else contextlib.nullcontext():
             self.compiled = (
                 jax_train_step(self.model, tx)
                 .lower(
