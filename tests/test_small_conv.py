@@ -219,6 +219,7 @@ KERNEL_GRAD_CASES = [
     pytest.param(8, 9, (3, 3), ((0, 1), (2, 0)), 1, 16, id="uneven-padding"),
     pytest.param(9, 8, (3, 3), "SAME", 1, 3, id="rgb-input-im2col"),
     pytest.param(7, 9, (1, 3), ((0, 0), (1, 1)), 1, 16, id="1x3"),
+    pytest.param(7, 9, (1, 1), "VALID", 1, 64, id="1x1"),
 ]
 # Shapes only `kernel_gradient` itself meets (the conv keeps XLA's form for them): VGG's fc6
 # (7x7, valid) and a 5x5 kernel at dilation 3.
@@ -289,7 +290,7 @@ def test_conv_with_gemm_kernel_gradient_equals_lax(
 
     kernel_window = "x".join(map(str, kernel_size))
     assert windows(reference) - {kernel_window}  # XLA's kernel gradient
-    assert windows(ours) == {kernel_window}
+    assert windows(ours) <= {kernel_window}  # (XLA may run a 1x1 one as a dot)
 
 
 def test_gemm_kernel_gradient_only_where_it_pays():

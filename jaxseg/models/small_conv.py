@@ -107,11 +107,11 @@ def conv_general_dilated(
     depthwise convolutions.
 
     Args and returns: those of `jax.lax.conv_general_dilated`. On CPU only, for NHWC/HWIO
-    convolutions without input dilation and with a kernel larger than 1x1: a depthwise one
-    (one group per input channel, one output per group) is computed as shifted
-    multiply-adds; one without groups whose output has at most SMALL_OUTPUT_PIXELS pixels as
-    one matmul (im2col); a stride-1 one on a larger map, wide enough
-    (`conv_kernel_grad.worth_it`), is XLA's convolution with the kernel gradient as one GEMM.
+    convolutions without input dilation: with a kernel larger than 1x1, a depthwise one (one
+    group per input channel, one output per group) is computed as shifted multiply-adds and
+    one without groups whose output has at most SMALL_OUTPUT_PIXELS pixels as one matmul
+    (im2col); any other stride-1 one without groups, 1x1 included, that is wide enough
+    (`conv_kernel_grad.worth_it`) is XLA's convolution with the kernel gradient as one GEMM.
     All compute the same sums in another order (equal to float rounding).
     """
 
@@ -137,36 +137,36 @@ def conv_general_dilated(
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and batch_group_count == 1
         and preferred_element_type is None
-        and rhs.shape[0] * rhs.shape[1] > 1
     )
     channels = lhs.shape[-1] if lhs.ndim == 4 else 0
     depthwise = feature_group_count == channels == rhs.shape[-1] and rhs.shape[2] == 1
-    if not simple or not (feature_group_count == 1 or depthwise):
+    pointwise = rhs.shape[0] * rhs.shape[1] == 1  # 1x1: only the kernel gradient is slow
+    if not simple or not (feature_group_count == 1 or (depthwise and not pointwise)):
         return reference(lhs, rhs)
     if isinstance(padding, str):
         effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], effective, window_strides, padding)
     pads = tuple(tuple(p) for p in padding)
-    if depthwise:
+    if depthwise and not pointwise:
 
         def shifted(lhs, rhs):
             return _depthwise_conv(lhs, rhs, tuple(window_strides), pads, dilation)
 
         return per_platform(lhs, rhs, cpu=shifted, default=reference)
     out_shape = jax.eval_shape(reference, lhs, rhs).shape
-    if out_shape[1] * out_shape[2] > SMALL_OUTPUT_PIXELS:
-        if tuple(window_strides) != (1, 1) or not worth_it(rhs.shape):
-            return reference(lhs, rhs)
+    if out_shape[1] * out_shape[2] <= SMALL_OUTPUT_PIXELS and not pointwise:
 
-        def gemm_kernel_grad(lhs, rhs):
-            return conv_gemm_kernel_grad(lhs, rhs, pads, dilation, precision)
+        def im2col(lhs, rhs):
+            return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
 
-        return per_platform(lhs, rhs, cpu=gemm_kernel_grad, default=reference)
+        return per_platform(lhs, rhs, cpu=im2col, default=reference)
+    if tuple(window_strides) != (1, 1) or not worth_it(rhs.shape):
+        return reference(lhs, rhs)
 
-    def im2col(lhs, rhs):
-        return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
+    def gemm_kernel_grad(lhs, rhs):
+        return conv_gemm_kernel_grad(lhs, rhs, pads, dilation, precision)
 
-    return per_platform(lhs, rhs, cpu=im2col, default=reference)
+    return per_platform(lhs, rhs, cpu=gemm_kernel_grad, default=reference)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
