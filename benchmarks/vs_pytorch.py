@@ -22,6 +22,7 @@ from torch import nn
 import jaxseg
 from jaxseg.models.encoders.vgg import CAFFE
 from jaxseg.models.platforms import plain_lax_forms
+from jaxseg.models.small_conv import conv_general_dilated
 from jaxseg.models.upsample import bilinear_filter
 
 USAGE = """\
@@ -30,7 +31,7 @@ USAGE = """\
     python benchmarks/vs_pytorch.py fcn8s --rounds 4 --warmup 1
     python benchmarks/vs_pytorch.py unet --variants jax jax-lax  # CPU rewrites off vs on only
     python benchmarks/vs_pytorch.py unet --rounds 0 --profile    # where the jaxseg step goes
-    python benchmarks/vs_pytorch.py unet --rounds 0 --conv-kernels  # XLA vs oneDNN per conv
+    python benchmarks/vs_pytorch.py unet --rounds 0 --conv-kernels  # XLA, jaxseg, oneDNN per conv
 
 Variants, run in one process and taken in turn (one step each per round, after a short
 pause, so load from other users of the machine hits them alike): "jax" (jaxseg as it is:
@@ -518,6 +519,10 @@ def compare_conv_kernels(name, repeats=3):
                 x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
 
+        def jaxseg_conv(x, k):  # with its CPU forms (the GEMM kernel gradient)
+            numbers = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+            return conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers)
+
         jx, jk, jg = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         tk = torch.from_numpy(k).permute(3, 2, 0, 1).contiguous()
@@ -532,15 +537,22 @@ def compare_conv_kernels(name, repeats=3):
             ("xla", "forward"): jax.jit(conv),
             ("xla", "input gradient"): jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g)[0]),
             ("xla", "kernel gradient"): jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g)[1]),
+            ("jaxseg", "forward"): jax.jit(jaxseg_conv),
+            ("jaxseg", "input gradient"): jax.jit(
+                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[0]
+            ),
+            ("jaxseg", "kernel gradient"): jax.jit(
+                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[1]
+            ),
             ("torch", "forward"): lambda inputs, weight, _: F.conv2d(inputs, weight, padding=1),
             ("torch", "input gradient"): torch_backward([True, False, False]),
             ("torch", "kernel gradient"): torch_backward([False, True, False]),
         }
-        arguments = {"xla": (jx, jk, jg), "torch": (tx, tk, tg)}
+        arguments = {"xla": (jx, jk, jg), "jaxseg": (jx, jk, jg), "torch": (tx, tk, tg)}
         times = collections.defaultdict(list)
         for _ in range(repeats + 1):
             for (library, part), function in kernels.items():
-                args = arguments[library][: 2 if (library, part) == ("xla", "forward") else 3]
+                args = arguments[library][: 2 if library != "torch" and part == "forward" else 3]
                 start = time.perf_counter()
                 jax.block_until_ready(function(*args))
                 times[library, part].append(time.perf_counter() - start)
@@ -548,10 +560,11 @@ def compare_conv_kernels(name, repeats=3):
             totals[key] += statistics.median(values[1:])  # the first call compiles
     print(f"\n3x3 convolutions of {name}, summed over its {len(unet_conv_shapes(name))} convs:")
     for part in ("forward", "input gradient", "kernel gradient"):
-        xla, onednn = totals["xla", part], totals["torch", part]
+        xla, ours, onednn = (totals[library, part] for library in ("xla", "jaxseg", "torch"))
         print(
-            f"  {part:16s} XLA {1e3 * xla:6.0f} ms   PyTorch {1e3 * onednn:6.0f} ms"
-            f"   XLA/PyTorch time {xla / onednn:.2f}x"
+            f"  {part:16s} XLA {1e3 * xla:6.0f} ms   jaxseg {1e3 * ours:6.0f} ms"
+            f"   PyTorch {1e3 * onednn:6.0f} ms   XLA/PyTorch time {xla / onednn:.2f}x"
+            f"   jaxseg/PyTorch time {ours / onednn:.2f}x"
         )
 
 
@@ -640,7 +653,7 @@ def main():
     parser.add_argument(
         "--conv-kernels",
         action="store_true",
-        help="then time XLA's and PyTorch's kernels for each 3x3 conv of the U-Nets",
+        help="then time XLA's, jaxseg's and PyTorch's kernels for each 3x3 conv of the U-Nets",
     )
     args = parser.parse_args()
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
