@@ -211,8 +211,13 @@ def test_models_with_depthwise_convs_train_without_grouped_convolutions_on_cpu()
 
 # (height, width, kernel, padding, dilation, in features) of stride-1 convolutions on maps
 # larger than SMALL_OUTPUT_PIXELS with at least MIN_OUT_FEATURES outputs: U-Net's 3x3 "same"
-# and "valid" (paper) convs, DeepLab's dilated 3x3 (ASPP), uneven pads, an RGB input.
+# and "valid" (paper) convs, DeepLab's dilated 3x3 (ASPP), uneven pads, an RGB input. With
+# 32 outputs, 16 or fewer inputs take `kernel_gradient`'s im2col layout, 32 its shifts.
 KERNEL_GRAD_CASES = [
+    pytest.param(9, 11, (3, 3), "SAME", 1, 32, id="3x3-same-shifts"),
+    pytest.param(10, 9, (3, 3), "VALID", 1, 32, id="3x3-valid-shifts"),
+    pytest.param(12, 10, (3, 3), ((2, 2), (2, 2)), 2, 32, id="3x3-dilated2-shifts"),
+    pytest.param(8, 9, (3, 3), ((0, 1), (2, 0)), 1, 32, id="uneven-padding-shifts"),
     pytest.param(9, 11, (3, 3), "SAME", 1, 16, id="3x3-same"),
     pytest.param(10, 9, (3, 3), "VALID", 1, 16, id="3x3-valid"),
     pytest.param(12, 10, (3, 3), ((2, 2), (2, 2)), 2, 16, id="3x3-dilated2"),
