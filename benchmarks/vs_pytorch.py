@@ -21,7 +21,7 @@ from torch import nn
 
 import jaxseg
 from jaxseg.models.encoders.vgg import CAFFE
-from jaxseg.models.platforms import plain_lax_forms
+from jaxseg.models.platforms import plain_lax_forms, xla_options
 from jaxseg.models.small_conv import conv_general_dilated
 from jaxseg.models.upsample import bilinear_filter
 
@@ -37,7 +37,8 @@ Variants, run in one process and taken in turn (one step each per round, after a
 pause, so load from other users of the machine hits them alike): "jax" (jaxseg as it is:
 every CPU rewrite in its CPU form), "jax-lax" (the same step traced with the plain lax
 forms, `jaxseg.models.platforms.plain_lax_forms`: XLA's own convolutions, transposed
-convolutions and kernel gradients, as before the CPU rewrites), "torch" (the PyTorch eager twin
+convolutions and kernel gradients, as before the CPU rewrites, compiled without
+jaxseg's XLA options), "torch" (the PyTorch eager twin
 below, NCHW as PyTorch uses by default) and "torch-cl" (the twin in channels_last). Every
 step is the same computation: forward in training mode (batch norm batch statistics,
 dropout), mean softmax cross-entropy over all pixels, backward, AdamW (lr 1e-4, weight
@@ -238,7 +239,8 @@ def jax_train_step(model, tx):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    # jaxseg's XLA options (none inside plain_lax_forms: the jax-lax variant is XLA as it is)
+    return jax.jit(step, donate_argnums=(0, 1, 2), compiler_options=xla_options())
 
 
 class JaxRunner:

@@ -83,6 +83,7 @@ from jaxseg.config import (
     use_shapes_data,
 )
 from jaxseg.inference.network import probabilities
+from jaxseg.models.platforms import xla_options
 from jaxseg.run import build_run
 from jaxseg.run.state import count_params
 from jaxseg.run.step import variables_of
@@ -356,10 +357,14 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
             continue
         if mode == "train":
             function = run.train_step
-            # build_run compiles the step with the XLA options its remat needs (remat.py).
+            # build_run compiles the step with jaxseg's XLA options (platforms.py) and those
+            # its remat needs (remat.py).
             arguments = (state, run.layout.put_batch(host_batch), run.step_rng)
         else:
-            function = jax.jit(functools.partial(probabilities, run.model, run.info))
+            function = jax.jit(
+                functools.partial(probabilities, run.model, run.info),
+                compiler_options=xla_options(),
+            )
             images = run.layout.put_batch({"image": host_batch["image"]})["image"]
             arguments = (variables_of(state), images)
         what = (

@@ -1,6 +1,8 @@
 """platforms.per_platform: both forms in a traced function, or, inside plain_lax_forms(),
 the plain lax form alone (what the ONNX converter traces)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,13 @@ import numpy as np
 from jaxseg.models import get_model
 from jaxseg.models.conv_transpose import conv_transpose, lax_conv_transpose
 from jaxseg.models.encoders.mit import attention
-from jaxseg.models.platforms import per_platform, plain_lax_forms, tracing_plain_lax
+from jaxseg.models.platforms import (
+    CPU_OPTIONS,
+    per_platform,
+    plain_lax_forms,
+    tracing_plain_lax,
+    xla_options,
+)
 from jaxseg.models.small_conv import conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -68,3 +76,69 @@ def test_no_model_leaves_a_platform_choice_in_plain_form():
         assert "platform_index" in _jaxpr(model.apply, variables, x)
         with plain_lax_forms():
             assert "platform_index" not in _jaxpr(model.apply, variables, x)
+
+
+def _library_convolutions(compiled) -> int:
+    """YNNPACK's convolution fusions in a compiled CPU program: a ynn fusion that computes a
+    convolution and no dot (a dot's fusion may also take in the convolutions before it)."""
+    text = compiled.as_text()
+    bodies = dict(re.findall(r"^(%\S+) [^\n]*\{\n(.*?)\n\}", text, flags=re.M | re.S))
+    called = [
+        bodies.get(name, "")
+        for name in re.findall(r"ynn_fusion[.\d]* = .*?calls=(%[\w.\-]+)", text)
+    ]
+    return sum(" convolution(" in body and " dot(" not in body for body in called)
+
+
+def _conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)
+
+
+def test_xla_options_are_cpus_and_off_inside_the_switch():
+    assert xla_options() == CPU_OPTIONS  # these tests run on CPU
+    assert xla_options("cpu") == CPU_OPTIONS and xla_options("gpu") is None
+    xla_options()["xla_cpu_experimental_ynn_fusion_type"] = "changed"  # a copy each time
+    assert xla_options() == CPU_OPTIONS
+    with plain_lax_forms():
+        assert xla_options() is None
+
+
+def test_convolutions_are_xlas_own_under_the_options_with_the_same_values():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 64)), jnp.float32)
+    k = jnp.asarray(0.1 * rng.normal(size=(3, 3, 64, 64)), jnp.float32)
+    plain = jax.jit(_conv).lower(x, k).compile()
+    ours = jax.jit(_conv, compiler_options=xla_options()).lower(x, k).compile()
+    assert _library_convolutions(plain) == 1  # XLA's default: YNNPACK's convolution
+    assert _library_convolutions(ours) == 0
+    np.testing.assert_allclose(ours(x, k), plain(x, k), rtol=1e-5, atol=1e-5)
+
+
+def test_jaxseg_compiles_steps_and_predictions_with_the_options(data_dir):
+    from helpers import tiny_config
+
+    from jaxseg.evaluation.evaluate import _predictor
+    from jaxseg.inference import Predictor
+    from jaxseg.run import build_run
+    from jaxseg.run.step import variables_of
+
+    run = build_run(tiny_config(data_dir), parallelism="mesh")
+    state = run.init_state()
+    batch = run.layout.put_batch(
+        {"image": np.zeros((8, 32, 32, 3), np.uint8), "mask": np.zeros((8, 32, 32), np.int32)}
+    )
+    variables = variables_of(state)
+    compiled = {
+        "eval step": run.eval_step.lower(variables, batch).compile(),
+        "train step": run.train_step.lower(state, batch, run.step_rng).compile(),
+    }
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    compiled["evaluation grids"] = (
+        _predictor(run.model, run.info).lower(variables, images).compile()
+    )
+    predictor = Predictor(run.model, variables, run.info, tile=(32, 32), batch_size=2)
+    weights = np.ones((2, 32), np.float32)
+    compiled["tiles"] = predictor._network.lower(variables, images, weights, weights).compile()
+    for what, program in compiled.items():
+        assert " convolution(" in program.as_text(), what
+        assert _library_convolutions(program) == 0, what

@@ -13,6 +13,7 @@ from jaxseg.data.transforms import pad_to_size
 from jaxseg.evaluation.evaluators import build_evaluators
 from jaxseg.inference import Predictor
 from jaxseg.metrics import confusion_matrix, segmentation_metrics
+from jaxseg.models.platforms import xla_options
 from jaxseg.report import figures
 from jaxseg.report.tables import MetricSums, format_table, summarize
 from jaxseg.report.writer import RunWriter, read_metrics
@@ -55,7 +56,9 @@ def grid_examples(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def _predictor(model, info):
-    return jax.jit(functools.partial(predict_probabilities, model, info))
+    return jax.jit(
+        functools.partial(predict_probabilities, model, info), compiler_options=xla_options()
+    )
 
 
 def predict_classes(model, info, variables, images: np.ndarray) -> np.ndarray:

@@ -72,6 +72,7 @@ from jaxseg.inference.network import probability_network
 from jaxseg.inference.resample import ResizedRows, TileSampler, reflect
 from jaxseg.models.base import SegmentationModel
 from jaxseg.models.layers import nearest_valid
+from jaxseg.models.platforms import xla_options
 
 OUTPUT_CHUNK_ROWS = 64  # full-resolution rows assembled, argmaxed and written at a time
 AUTO = "auto"  # Predictor(tile=AUTO): whole images up to one default tile, tiles beyond
@@ -255,7 +256,7 @@ class Predictor:
         self._multiple = model.input_multiple()
         self._period = model.tile_period()
         self._variables = jax.device_put(variables)
-        self._network = jax.jit(self._apply)
+        self._network = jax.jit(self._apply, compiler_options=xla_options())
         self.tile, self.step, self._axes = None, None, None
         self.whole_pixels, self._bucketed = 0, False
         if isinstance(tile, str):

@@ -13,6 +13,7 @@ from jaxseg.checks import check_against_data
 from jaxseg.config import import_modules, validate_config
 from jaxseg.data import load_dataset
 from jaxseg.models import SegmentationModel, get_model
+from jaxseg.models.platforms import xla_options
 from jaxseg.models.remat import compiler_options
 from jaxseg.run import parallel
 from jaxseg.run.built import Run
@@ -35,6 +36,12 @@ def build_model(model_config, num_classes: int) -> SegmentationModel:
     if options.get("num_classes") is None:
         options["num_classes"] = num_classes
     return get_model(name, **options)
+
+
+def step_options(remat: str) -> dict[str, str] | None:
+    """XLA options of the train step: jaxseg's for the backend, and those remat needs."""
+    options = {**(xla_options() or {}), **(compiler_options(remat, jax.default_backend()) or {})}
+    return options or None
 
 
 def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None) -> Run:
@@ -73,8 +80,6 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
         layout=layout,
         optimizer=optimizer,
         task=task,
-        eval_step=layout.compile_eval(eval_fn),
-        train_step=layout.compile_train(
-            step_fn, compiler_options(model.remat, jax.default_backend())
-        ),
+        eval_step=layout.compile_eval(eval_fn, xla_options()),
+        train_step=layout.compile_train(step_fn, step_options(model.remat)),
     )

@@ -24,6 +24,7 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxseg.errors import ConfigError
+from jaxseg.models.platforms import CPU_OPTIONS
 
 DATA_AXIS = "data"
 KINDS = ("mesh", "pmap")
@@ -145,9 +146,12 @@ class MeshParallel:
             compiler_options=compiler_options,
         )
 
-    def compile_eval(self, eval_step):
+    def compile_eval(self, eval_step, compiler_options=None):
         return jax.jit(
-            eval_step, in_shardings=(self._replicated, self._batch), out_shardings=self._replicated
+            eval_step,
+            in_shardings=(self._replicated, self._batch),
+            out_shardings=self._replicated,
+            compiler_options=compiler_options,
         )
 
 
@@ -179,7 +183,9 @@ class PmapParallel(MeshParallel):
         )
 
     def compile_train(self, train_step, compiler_options=None):
-        if compiler_options:  # jax.pmap takes no XLA options (remat.py)
+        # jax.pmap takes no XLA options: it runs without jaxseg's CPU options (slower there,
+        # platforms.py) and without remat's, which costs remat its memory saving (remat.py).
+        if set(compiler_options or ()) - set(CPU_OPTIONS):
             logging.warning(
                 "train.parallelism='pmap' cannot pass the XLA options %s: on this backend"
                 " model.remat saves no memory in the pmap form; use parallelism='mesh'",
@@ -193,7 +199,7 @@ class PmapParallel(MeshParallel):
             donate_argnums=(0,),
         )
 
-    def compile_eval(self, eval_step):
+    def compile_eval(self, eval_step, compiler_options=None):
         return jax.pmap(eval_step, axis_name=DATA_AXIS, devices=self.devices)
 
 

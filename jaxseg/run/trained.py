@@ -17,6 +17,7 @@ from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import RunError
 from jaxseg.inference import network
 from jaxseg.models import SegmentationModel
+from jaxseg.models.platforms import xla_options
 from jaxseg.run.build import CHECKPOINTS, build_model
 from jaxseg.run.built import init_input_shape
 from jaxseg.run.checkpoint import Checkpointer
@@ -35,7 +36,10 @@ class TrainedRun:
 
     @functools.cached_property
     def _probabilities(self):
-        return jax.jit(functools.partial(predict_probabilities, self.model, self.info))
+        return jax.jit(
+            functools.partial(predict_probabilities, self.model, self.info),
+            compiler_options=xla_options(),
+        )
 
     def predict(self, images) -> np.ndarray:
         """Class probabilities (N, H, W, C) float32 of uint8 (N, H, W, 3) images, at the
