@@ -20,9 +20,12 @@ call, and end with the (H, W) argmax mask:
   mode="gaussian")` under torch.inference_mode, then argmax.
 
 Rounds alternate the two sides, each after a short pause; the first call of each side
-(jaxseg's compilation) is untimed. Reported per tile: the tiles each side ran, median
-megapixels per second, their ratio, and how many pixels the two masks agree on (the
-blend windows differ near the image border, so a few pixels may differ).
+(jaxseg's compilation) is untimed. `--sides jaxseg` (or monai) runs one side alone, in a
+process of its own. Reported per tile: the tiles each side ran, median megapixels per
+second, their ratio, and how many pixels the two masks agree on. On the same tiles the
+two differ only in their blend weights near the image border (jaxseg's window is flat
+towards a border, MONAI's is not); MONAI's 72-pixel steps put its tiles off the model's
+16-pixel pooling grid, which changes their predictions (jaxseg steps by a multiple of it).
 """
 
 import argparse
@@ -77,6 +80,7 @@ class JaxSide:
         )
 
     def tiles(self, image):
+        self(image)  # compiles
         return self.predictor._layout(*image.shape[:2]).count
 
     def __call__(self, image):

@@ -504,12 +504,14 @@ def unet_conv_shapes(name):
 
 
 def compare_conv_kernels(name, repeats=3):
-    """Prints XLA's and PyTorch's (oneDNN) time for a U-Net benchmark's 3x3 convolutions.
+    """Prints XLA's, jaxseg's (its CPU forms and XLA options) and PyTorch's (oneDNN) time for
+    a U-Net benchmark's 3x3 convolutions.
 
     Forward, input gradient and kernel gradient of each conv are timed in turn (medians of
     `repeats`) and summed over the model's convs.
     """
     totals = collections.Counter()
+    options = xla_options()  # jaxseg's; XLA's column compiles without them
     for n, h, w, c_in, c_out in unet_conv_shapes(name):
         rng = np.random.default_rng(0)
         x = rng.normal(size=(n, h, w, c_in)).astype(np.float32)
@@ -539,12 +541,12 @@ def compare_conv_kernels(name, repeats=3):
             ("xla", "forward"): jax.jit(conv),
             ("xla", "input gradient"): jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g)[0]),
             ("xla", "kernel gradient"): jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g)[1]),
-            ("jaxseg", "forward"): jax.jit(jaxseg_conv),
+            ("jaxseg", "forward"): jax.jit(jaxseg_conv, compiler_options=options),
             ("jaxseg", "input gradient"): jax.jit(
-                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[0]
+                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[0], compiler_options=options
             ),
             ("jaxseg", "kernel gradient"): jax.jit(
-                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[1]
+                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[1], compiler_options=options
             ),
             ("torch", "forward"): lambda inputs, weight, _: F.conv2d(inputs, weight, padding=1),
             ("torch", "input gradient"): torch_backward([True, False, False]),

@@ -63,6 +63,20 @@ def test_vs_pytorch_twins_compute_the_same_function():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("monai") is None, reason="torch and monai")
+def test_vs_monai_predicts_what_the_twin_predicts():
+    command = [sys.executable, str(REPO / "benchmarks" / "vs_monai.py"), "--check"]
+    command += ["--size", "160", "--tiles", "64", "--rounds", "1", "--batch_size", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    error = re.search(r"max \|jaxseg - PyTorch\| probability (\S+)", result.stdout)
+    assert error and float(error.group(1)) < 1e-4, result.stdout
+    # Tile 64 steps by 48 on both sides: the same 4 x 4 tiles.
+    assert re.search(r"jaxseg +16 tiles", result.stdout), result.stdout
+    assert re.search(r"monai +16 tiles", result.stdout), result.stdout
+    assert float(re.search(r"agree on (\S+)%", result.stdout).group(1)) > 90, result.stdout
+
+
 def test_model_zoo_gives_each_config_the_same_training_time(monkeypatch):
     """--minutes: the steps come from the calibration run's rate; the table shows the row."""
     calls = []

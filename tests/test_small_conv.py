@@ -210,28 +210,27 @@ def test_models_with_depthwise_convs_train_without_grouped_convolutions_on_cpu()
 
 
 # (height, width, kernel, padding, dilation, in features) of stride-1 convolutions on maps
-# larger than SMALL_OUTPUT_PIXELS with at least MIN_OUT_FEATURES outputs: U-Net's 3x3 "same"
-# and "valid" (paper) convs, DeepLab's dilated 3x3 (ASPP), uneven pads, an RGB input. With
-# 32 outputs, 16 or fewer inputs take `kernel_gradient`'s im2col layout, 32 its shifts.
+# larger than SMALL_OUTPUT_PIXELS with MIN_OUT_FEATURES outputs that take the GEMM kernel
+# gradient (`worth_it`): 1x1 convs, and 3x3 ones padded beyond their kernel's reach on some
+# side (FCN's 100-pixel first layer), RGB or wider, uneven, dilated.
 KERNEL_GRAD_CASES = [
-    pytest.param(9, 11, (3, 3), "SAME", 1, 32, id="3x3-same-shifts"),
-    pytest.param(10, 9, (3, 3), "VALID", 1, 32, id="3x3-valid-shifts"),
-    pytest.param(12, 10, (3, 3), ((2, 2), (2, 2)), 2, 32, id="3x3-dilated2-shifts"),
-    pytest.param(8, 9, (3, 3), ((0, 1), (2, 0)), 1, 32, id="uneven-padding-shifts"),
-    pytest.param(9, 11, (3, 3), "SAME", 1, 16, id="3x3-same"),
+    pytest.param(7, 9, (1, 1), "VALID", 1, 64, id="1x1"),
+    pytest.param(6, 5, (1, 1), "VALID", 1, 3, id="1x1-rgb"),
+    pytest.param(9, 8, (3, 3), ((4, 4), (4, 4)), 1, 3, id="rgb-padded-beyond"),
+    pytest.param(8, 9, (3, 3), ((3, 0), (1, 1)), 1, 16, id="uneven-padded-beyond-on-top"),
+    pytest.param(8, 7, (3, 3), ((5, 5), (5, 5)), 2, 32, id="dilated2-padded-beyond"),
+]
+# Shapes only `kernel_gradient` itself meets (the conv keeps XLA's form for them): U-Net's
+# 3x3 "same" and "valid", DeepLab's dilated 3x3, a 1x3, VGG's fc6 (7x7, valid) and a 5x5
+# kernel at dilation 3.
+LARGE_KERNEL_CASES = [
+    pytest.param(9, 11, (3, 3), "SAME", 1, 32, id="3x3-same"),
     pytest.param(10, 9, (3, 3), "VALID", 1, 16, id="3x3-valid"),
     pytest.param(12, 10, (3, 3), ((2, 2), (2, 2)), 2, 16, id="3x3-dilated2"),
     pytest.param(8, 9, (3, 3), ((0, 1), (2, 0)), 1, 16, id="uneven-padding"),
-    pytest.param(9, 8, (3, 3), "SAME", 1, 3, id="rgb-input-im2col"),
     pytest.param(7, 9, (1, 3), ((0, 0), (1, 1)), 1, 16, id="1x3"),
-    pytest.param(7, 9, (1, 1), "VALID", 1, 64, id="1x1"),
-]
-# Shapes only `kernel_gradient` itself meets (the conv keeps XLA's form for them): VGG's fc6
-# (7x7, valid) and a 5x5 kernel at dilation 3.
-LARGE_KERNEL_CASES = [
     pytest.param(13, 12, (7, 7), "VALID", 1, 16, id="fc6-7x7-valid"),
     pytest.param(9, 8, (5, 5), ((6, 6), (6, 6)), 3, 16, id="5x5-dilated3"),
-    pytest.param(9, 8, (5, 5), ((6, 6), (6, 6)), 3, 2, id="5x5-dilated3-im2col"),
 ]
 
 
@@ -302,15 +301,27 @@ def test_conv_with_gemm_kernel_gradient_equals_lax(
 
 
 def test_gemm_kernel_gradient_only_where_it_pays():
-    """Few outputs, large kernels, strides: XLA's convolution throughout."""
+    """3x3 "same", few outputs, large kernels, strides: XLA's convolution throughout."""
     x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 16, 16, 16)), jnp.float32)
-    for kernel_shape, stride in (((3, 3, 16, 16), 1), ((7, 7, 16, 32), 1), ((3, 3, 16, 32), 2)):
-        assert not (worth_it(kernel_shape) and stride == 1)
+    same = ((1, 1), (1, 1))
+    for kernel_shape, stride in (
+        ((3, 3, 16, 32), 1),
+        ((1, 1, 16, 16), 1),
+        ((7, 7, 16, 32), 1),
+        ((1, 1, 16, 32), 2),
+    ):
+        pads = same if kernel_shape[0] == 3 else ((0, 0), (0, 0))
+        assert not (worth_it(kernel_shape, pads, (1, 1)) and stride == 1)
         ours, _ = _both(stride, "SAME", 1)
         jaxpr = str(jax.make_jaxpr(ours)(x, jnp.zeros(kernel_shape, jnp.float32)))
         assert "platform_index" not in jaxpr, kernel_shape
-    kernel = jnp.zeros((3, 3, 16, 32), jnp.float32)
-    assert worth_it(kernel.shape)
+    # Padded as far as the kernel reaches, and one pixel less (dilated 2: reach 5).
+    assert worth_it((3, 3, 16, 32), ((0, 0), (3, 0)), (1, 1))
+    assert not worth_it((3, 3, 16, 32), ((2, 2), (2, 2)), (1, 1))
+    assert worth_it((3, 3, 16, 32), ((5, 0), (0, 0)), (2, 2))
+    assert not worth_it((3, 3, 16, 32), ((4, 4), (4, 4)), (2, 2))
+    kernel = jnp.zeros((1, 1, 16, 32), jnp.float32)
+    assert worth_it(kernel.shape, ((0, 0), (0, 0)), (1, 1))
     ours, reference = _both(1, "SAME", 1)
     assert "platform_index" in str(jax.make_jaxpr(ours)(x, kernel))
     # An export carries both forms; the other platforms get XLA's.
@@ -322,7 +333,7 @@ def test_gemm_kernel_gradient_only_where_it_pays():
 def test_bfloat16_kernel_gradient_stays_in_bfloat16():
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.normal(size=(2, 9, 9, 16)), jnp.bfloat16)
-    kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 32)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(1, 1, 16, 32)), jnp.bfloat16)
     ours, reference = _both(1, "SAME", 1)
     got = jax.grad(lambda k: jnp.sum(ours(x, k).astype(jnp.float32)))(kernel)
     want = jax.grad(lambda k: jnp.sum(reference(x, k).astype(jnp.float32)))(kernel)

@@ -21,8 +21,9 @@ measured on this machine, forward+backward of a 3x3 depthwise conv, batch 8, 64x
 taps (16x20x512 at rate 6 / 12: 2.9 / 3.7 s against 0.67 / 0.49 s; medians of 5, a busy
 machine, so the ratios are what counts). On CPU only, the same way.
 
-Stride-1 convolutions on larger maps keep XLA's forward convolution, which is fast on CPU,
-but their kernel gradient, which is not, is one GEMM there (conv_kernel_grad.py).
+Stride-1 convolutions on larger maps keep XLA's convolutions, except the kernel gradient of
+1x1 ones and of ones padded beyond their kernel (FCN's first layer), which is one GEMM on CPU
+(conv_kernel_grad.py).
 
 `conv_general_dilated` has lax's signature, so `nn.Conv(..., conv_general_dilated=...)`
 (`Conv` below) uses it with the same parameters, names and initialisation.
@@ -110,8 +111,9 @@ def conv_general_dilated(
     convolutions without input dilation: with a kernel larger than 1x1, a depthwise one (one
     group per input channel, one output per group) is computed as shifted multiply-adds and
     one without groups whose output has at most SMALL_OUTPUT_PIXELS pixels as one matmul
-    (im2col); any other stride-1 one without groups, 1x1 included, that is wide enough
-    (`conv_kernel_grad.worth_it`) is XLA's convolution with the kernel gradient as one GEMM.
+    (im2col); a stride-1 one without groups that is 1x1 or padded beyond its kernel, with
+    enough outputs (`conv_kernel_grad.worth_it`), is XLA's convolution with the kernel
+    gradient as one GEMM.
     All compute the same sums in another order (equal to float rounding).
     """
 
@@ -160,7 +162,7 @@ def conv_general_dilated(
             return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
 
         return per_platform(lhs, rhs, cpu=im2col, default=reference)
-    if tuple(window_strides) != (1, 1) or not worth_it(rhs.shape):
+    if tuple(window_strides) != (1, 1) or not worth_it(rhs.shape, pads, dilation):
         return reference(lhs, rhs)
 
     def gemm_kernel_grad(lhs, rhs):
