@@ -1,6 +1,6 @@
 """Tiled prediction of a large image: jaxseg's Predictor against MONAI's sliding_window_inference.
 
-    pip install -e ".[bench]" monai
+    pip install -e ".[bench]"
     python benchmarks/vs_monai.py                       # 1024^2, tiles 128 and 96, 3 rounds
     python benchmarks/vs_monai.py --size 512 --tiles 128 --rounds 2 --check
 

@@ -50,31 +50,35 @@ def test_predict_memory():
     assert float(values["peak MiB"]) >= 0 and float(values["seconds"]) > 0
 
 
+def _run_benchmark(script: str, *arguments: str) -> str:
+    """The script's standard output; fails with its standard error if it fails."""
+    command = [sys.executable, str(REPO / "benchmarks" / script), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the bench extra (torch)")
 def test_vs_pytorch_twins_compute_the_same_function():
-    command = [sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "default"]
-    command += ["--check", "--rounds", "1", "--warmup", "1", "--variants", "jax", "torch"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "torch" in result.stdout and "jax" in result.stdout
-    # No benchmark named: all of them (here only their setup: --rounds 0).
-    command = [sys.executable, str(REPO / "benchmarks" / "vs_pytorch.py"), "--rounds", "0"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
+    out = _run_benchmark(
+        "vs_pytorch.py", "default", "--check", "--rounds", "1", "--warmup", "1",
+        "--variants", "jax", "torch",
+    )  # fmt: skip
+    assert "torch" in out and "jax" in out
+    _run_benchmark("vs_pytorch.py", "--rounds", "0")  # no benchmark named: all (setup only)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("monai") is None, reason="torch and monai")
 def test_vs_monai_predicts_what_the_twin_predicts():
-    command = [sys.executable, str(REPO / "benchmarks" / "vs_monai.py"), "--check"]
-    command += ["--size", "160", "--tiles", "64", "--rounds", "1", "--batch_size", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
-    error = re.search(r"max \|jaxseg - PyTorch\| probability (\S+)", result.stdout)
-    assert error and float(error.group(1)) < 1e-4, result.stdout
-    # Tile 64 steps by 48 on both sides: the same 4 x 4 tiles.
-    assert re.search(r"jaxseg +16 tiles", result.stdout), result.stdout
-    assert re.search(r"monai +16 tiles", result.stdout), result.stdout
-    assert float(re.search(r"agree on (\S+)%", result.stdout).group(1)) > 90, result.stdout
+    out = _run_benchmark(
+        "vs_monai.py", "--check", "--size", "160", "--tiles", "64", "--rounds", "1",
+        "--batch_size", "2",
+    )  # fmt: skip
+    error = re.search(r"max \|jaxseg - PyTorch\| probability (\S+)", out)
+    assert error and float(error.group(1)) < 1e-4, out
+    # Tile 64 steps by 48 on both sides: the same 3 x 3 tiles (at 0, 48 and 96).
+    assert re.search(r"jaxseg +9 tiles", out) and re.search(r"monai +9 tiles", out), out
+    assert float(re.search(r"agree on (\S+)%", out).group(1)) > 90, out
 
 
 def test_model_zoo_gives_each_config_the_same_training_time(monkeypatch):
