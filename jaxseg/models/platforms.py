@@ -58,8 +58,9 @@ def per_platform(*args, default, **forms):
 # jaxseg's models: measured on this project's 2-core machine, forward, batch 4: the paper
 # U-Net's 3x3 convs 8x8x1024 -> 1024 57 -> 24 ms, 16x16x1024 -> 512 63 -> 35 ms,
 # 16x16x512 -> 512 22 -> 17 ms, 32x32x256 -> 256 20 -> 18 ms; slower only on wide maps
-# with few channels (128x128x64 -> 64 18 -> 27 ms). Whole train steps (README,
-# Performance): the paper U-Net 1.31x, others up to 1.2x, none slower.
+# with few channels (128x128x64 -> 64 18 -> 27 ms). Whole train steps with the option alone,
+# one A/B of two rounds: the paper U-Net 1.30-1.34x, six other configs 0.98-1.29x (README,
+# Performance, has the later A/B of the option with the kernel-gradient rule).
 CPU_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": (
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
