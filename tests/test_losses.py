@@ -20,6 +20,7 @@ from jaxseg.losses import (
     soft_dice_loss,
     tversky_loss,
 )
+from jaxseg.losses._common import at_labels
 from jaxseg.registry import Registry
 
 
@@ -456,3 +457,26 @@ def test_bad_options_and_weights_are_errors(batch):
         dice_loss(logits, labels, ignore_label=IGNORE, class_weights=np.ones(2))
     with pytest.raises(ValueError, match=r"pixel_weights has shape \(3, 4\)"):
         focal_loss(logits, labels, ignore_label=IGNORE, pixel_weights=np.ones((3, 4)))
+
+
+def test_at_labels_picks_what_take_along_axis_picks():
+    rng = np.random.default_rng(7)
+    values = jnp.asarray(rng.normal(size=(2, 5, 4, 6)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 6, (2, 5, 4)), jnp.int32)
+    want = jnp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
+    np.testing.assert_array_equal(at_labels(values, labels), want)
+
+
+@pytest.mark.parametrize("term", ["cross_entropy", "focal"])
+def test_pixel_term_gradient_has_no_scatter(term):
+    """The label's score is picked by a one-hot sum: its gradient is elementwise, where
+    `take_along_axis`'s is a scatter."""
+    logits = jnp.zeros((2, 8, 8, 5))
+    labels = jnp.zeros((2, 8, 8), jnp.int32)
+    loss = get_loss(term)
+
+    def mean_loss(logits):
+        return loss_value(*loss(logits, labels, ignore_label=255))
+
+    text = jax.jit(jax.grad(mean_loss)).lower(logits).compile().as_text()
+    assert " scatter(" not in text

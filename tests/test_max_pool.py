@@ -1,6 +1,7 @@
 """Max pooling written as an explicit -inf pad + unpadded pool (the form ONNX converters
 take) computes what the padded `reduce_window` form did: values, gradients, and the
-compiled program."""
+compiled program; pools whose windows tile the map have a CPU gradient written as a mask
+(jaxseg/models/pool_grad.py) that equals XLA's."""
 
 import re
 
@@ -9,8 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
 from jaxseg.models.layers import max_pool
+from jaxseg.models.platforms import plain_lax_forms, xla_options
+from jaxseg.models.pool_grad import tiling_max_pool
 
 
 def _padded_reduce_window(x, window, stride, padding, ceil_mode):
@@ -60,3 +64,75 @@ def test_xla_compiles_both_forms_to_the_same_program():
     ours = compiled(lambda x: max_pool(x, 3, 2, 1))
     assert ours == compiled(lambda x: _padded_reduce_window(x, 3, 2, 1, False))
     assert not [line for line in ours[0] if " pad(" in line]  # folded into the window
+
+
+# ---------------------------------------------------------------- windows that tile the map
+
+
+TILING_CASES = [
+    ((2, 8, 8, 3), 2, jnp.float32),
+    ((3, 12, 6, 5), 3, jnp.float32),
+    ((2, 8, 10, 4), 2, jnp.bfloat16),
+]
+
+
+@pytest.mark.parametrize("shape, window, dtype", TILING_CASES)
+@pytest.mark.parametrize("jit", [True, False])
+def test_tiling_pool_values_and_gradients_equal_reduce_window(shape, window, dtype, jit):
+    # Integers in [-2, 2]: most windows hold their maximum twice or more (ReLU's zeros do
+    # the same), where a different tie rule would send the gradient elsewhere.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-2, 3, shape), dtype)
+    ours = lambda x: tiling_max_pool(x, window)  # noqa: E731
+    reference = lambda x: nn.max_pool(x, (window, window), (window, window))  # noqa: E731
+    if jit:
+        ours, reference = jax.jit(ours), jax.jit(reference)
+    got, got_vjp = jax.vjp(ours, x)
+    want, want_vjp = jax.vjp(reference, x)
+    assert got.dtype == want.dtype == dtype
+    np.testing.assert_array_equal(np.float32(got), np.float32(want))
+    cotangent = jnp.asarray(rng.normal(size=want.shape), dtype)
+    (got_grad,), (want_grad,) = got_vjp(cotangent), want_vjp(cotangent)
+    assert got_grad.dtype == dtype
+    np.testing.assert_array_equal(np.float32(got_grad), np.float32(want_grad))
+    # Every window passes its gradient to exactly one position.
+    assert int(jnp.sum(got_grad != 0)) == int(jnp.sum(cotangent != 0))
+
+
+def test_max_pool_takes_the_tiling_form_for_tiling_windows_only():
+    def jaxpr(*args):
+        return str(jax.make_jaxpr(lambda x: max_pool(x, *args))(jnp.ones((1, 15, 13, 2))))
+
+    assert "platform_index" in jaxpr(2, 2, 0, True)  # VGG's ceil-mode pool: 16x14 after the pad
+    assert "platform_index" not in jaxpr(2, 2)  # 15x13: the windows do not tile it
+    assert "platform_index" not in jaxpr(3, 2, 1)  # ResNet's overlapping windows
+    with plain_lax_forms():
+        assert "platform_index" not in jaxpr(2, 2, 0, True)
+
+
+def _compiled_gradient(f, x) -> str:
+    loss = jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))
+    return jax.jit(loss, compiler_options=xla_options()).lower(x).compile().as_text()
+
+
+def test_cpu_gradient_has_no_select_and_scatter():
+    """What the form is for: XLA:CPU expands select-and-scatter into an argmax carrying
+    int32 iotas and a scatter; the mask has neither."""
+    x = jnp.ones((2, 16, 16, 8))
+    plain = _compiled_gradient(lambda x: nn.max_pool(x, (2, 2), (2, 2)), x)
+    ours = _compiled_gradient(lambda x: tiling_max_pool(x, 2), x)
+    assert "scatter(" in plain or "select-and-scatter(" in plain
+    assert "scatter(" not in ours and "select-and-scatter(" not in ours
+    assert " iota(" not in ours
+
+
+def test_export_carries_both_forms():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(1, 8, 8, 2)), jnp.float32)
+    exported = export.export(jax.jit(lambda x: tiling_max_pool(x, 2)), platforms=("cpu", "cuda"))(x)
+    assert "reduce_window" in exported.mlir_module()
+    np.testing.assert_array_equal(exported.call(x), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_tiling_pool_refuses_a_map_it_does_not_tile():
+    with pytest.raises(ValueError, match="does not tile into 2x2 windows"):
+        tiling_max_pool(jnp.ones((1, 5, 4, 1)), 2)

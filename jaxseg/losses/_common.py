@@ -19,6 +19,17 @@ def masked_labels(labels: jnp.ndarray, ignore_label: int) -> tuple[jnp.ndarray, 
     return valid, jnp.where(valid, labels, 0)
 
 
+def at_labels(values: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """`values[..., label]` per pixel, for (..., C) `values` and (...) in-range `labels`.
+
+    Written as a one-hot masked sum, not `take_along_axis`: the same values (the other
+    classes add exact zeros), and a gradient that is elementwise, where the gather's is a
+    scatter (on CPU 10-30% slower for the cross-entropy's gradient).
+    """
+    classes = jnp.arange(values.shape[-1], dtype=labels.dtype)
+    return jnp.sum(jnp.where(labels[..., None] == classes, values, 0), axis=-1)
+
+
 def checked_class_weights(class_weights, num_classes: int, dtype) -> jnp.ndarray | None:
     if class_weights is None:
         return None

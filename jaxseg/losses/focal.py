@@ -4,7 +4,7 @@ Detection"), softmax form."""
 import jax
 import jax.numpy as jnp
 
-from jaxseg.losses._common import compute_dtype, pixel_weights_of
+from jaxseg.losses._common import at_labels, compute_dtype, pixel_weights_of
 
 
 def focal_loss(
@@ -42,7 +42,7 @@ def focal_loss(
         logits, labels, ignore_label, class_weights, pixel_weights
     )
     log_probs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-    log_p_true = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+    log_p_true = at_labels(log_probs, safe_labels)
     # 1 - p_t without cancellation; floored at `tiny` so that a saturated p_t = 1 gives a zero
     # (not NaN) gradient for gamma < 1, and gamma = 0 gives a factor of exactly 1.
     one_minus_p_true = jnp.maximum(-jnp.expm1(log_p_true), jnp.finfo(dtype).tiny)

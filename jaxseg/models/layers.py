@@ -7,6 +7,7 @@ statistics in float32): the model sets the compute dtype once, by casting its in
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg.models.pool_grad import tiling_max_pool
 from jaxseg.models.small_conv import Conv
 
 
@@ -92,7 +93,9 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mo
 
     The padding is an explicit -inf `jnp.pad` before an unpadded pool: the same values and
     gradients as a padded `reduce_window` (XLA folds the pad into the window), and the form
-    converters take (jax2onnx's max-pool rule drops a pool's own padding).
+    converters take (jax2onnx's max-pool rule drops a pool's own padding). Windows that
+    tile the (padded) map, window = stride, take `tiling_max_pool` (its CPU gradient is a
+    mask, not XLA's select-and-scatter).
     """
     pads = []
     for size in x.shape[1:3]:
@@ -103,6 +106,8 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mo
         pads.append((padding, padding + extra))
     if any(any(pad) for pad in pads):
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    if window == stride and not (x.shape[1] % window or x.shape[2] % window):
+        return tiling_max_pool(x, window)
     return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
 
 
