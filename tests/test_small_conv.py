@@ -11,7 +11,8 @@ import pytest
 from jax import export, lax
 
 from jaxseg.models import get_model
-from jaxseg.models.conv_kernel_grad import kernel_gradient, worth_it
+from jaxseg.models.conv_kernel_grad import kernel_gradient, kernel_outweighs_map, worth_it
+from jaxseg.models.platforms import xla_options
 from jaxseg.models.small_conv import SMALL_OUTPUT_PIXELS, Conv, conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -341,3 +342,62 @@ def test_bfloat16_kernel_gradient_stays_in_bfloat16():
     np.testing.assert_allclose(
         np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0.05, atol=0.5
     )
+
+
+# (height, width, kernel, padding, dilation, in features) of stride-1 convolutions, batch 1
+# with 64 outputs, whose output has more than SMALL_OUTPUT_PIXELS and at most 64 positions:
+# the kernel outweighs the map, so both gradients are GEMMs (`kernel_outweighs_map`).
+INPUT_GEMM_CASES = [
+    pytest.param(5, 6, (3, 3), "SAME", 1, 16, id="3x3-same"),
+    pytest.param(7, 8, (3, 3), "VALID", 1, 16, id="3x3-valid"),
+    pytest.param(6, 7, (3, 3), ((2, 2), (2, 2)), 2, 8, id="3x3-dilated2"),
+    pytest.param(6, 7, (3, 3), ((0, 1), (2, 0)), 1, 16, id="uneven-padding"),
+    pytest.param(2, 2, (3, 3), ((3, 3), (3, 3)), 1, 3, id="rgb-padded-beyond"),
+    pytest.param(5, 8, (1, 1), "VALID", 1, 16, id="1x1"),
+    pytest.param(5, 7, (1, 3), ((0, 0), (1, 1)), 1, 16, id="1x3"),
+]
+
+
+@pytest.mark.parametrize(
+    "height, width, kernel_size, padding, dilation, in_features", INPUT_GEMM_CASES
+)
+def test_conv_with_gemm_gradients_equals_lax(
+    height, width, kernel_size, padding, dilation, in_features
+):
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(1, height, width, in_features)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*kernel_size, in_features, 64)), jnp.float32)
+    ours, reference = _both(1, padding, dilation)
+    out_shape = jax.eval_shape(reference, x, kernel).shape
+    assert SMALL_OUTPUT_PIXELS < out_shape[1] * out_shape[2] <= 64
+    assert kernel_outweighs_map(kernel.shape, out_shape)
+    cotangent = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+    got = _values_and_grads(ours, x, kernel, cotangent)
+    want = _values_and_grads(reference, x, kernel, cotangent)
+    for got_part, want_part in zip(got, want, strict=True):
+        want_part = np.asarray(want_part)
+        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+
+    # On CPU only the forward convolution is left: XLA's input gradient (a convolution over
+    # the kernel with its channels swapped) and kernel gradient are dots.
+    def loss(conv):
+        return jax.grad(lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel))), (0, 1))
+
+    compiled = jax.jit(loss(ours), compiler_options=xla_options()).lower(x, kernel).compile()
+    assert len(re.findall(r" convolution\(", compiled.as_text())) <= 1
+    assert len(_convolutions(loss(reference), x, kernel)) >= 2
+
+
+def test_gemm_input_gradient_only_where_the_kernel_outweighs_the_map():
+    assert kernel_outweighs_map((3, 3, 512, 1024), (4, 8, 8, 1024))  # the paper U-Net's bottom
+    assert kernel_outweighs_map((3, 3, 16, 64), (1, 8, 8, 64))  # as many outputs as positions
+    assert not kernel_outweighs_map((3, 3, 16, 64), (1, 8, 9, 64))
+    assert not kernel_outweighs_map((3, 3, 512, 512), (4, 16, 16, 512))  # its level above
+    assert not kernel_outweighs_map((5, 5, 16, 64), (1, 4, 5, 64))  # more taps than 3x3
+    # A symbolic batch (an export for any batch size) cannot be compared: XLA's form.
+    assert not kernel_outweighs_map((3, 3, 16, 64), export.symbolic_shape("b, 8, 8, 64"))
+    # Through the conv: the 8x9 map keeps XLA's form throughout (3x3 "same": no GEMM).
+    ours, _ = _both(1, "SAME", 1)
+    kernel = jnp.zeros((3, 3, 16, 64), jnp.float32)
+    assert "platform_index" in str(jax.make_jaxpr(ours)(jnp.zeros((1, 8, 8, 16)), kernel))
+    assert "platform_index" not in str(jax.make_jaxpr(ours)(jnp.zeros((1, 8, 9, 16)), kernel))

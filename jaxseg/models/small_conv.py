@@ -22,8 +22,9 @@ taps (16x20x512 at rate 6 / 12: 2.9 / 3.7 s against 0.67 / 0.49 s; medians of 5,
 machine, so the ratios are what counts). On CPU only, the same way.
 
 Stride-1 convolutions on larger maps keep XLA's convolutions, except the kernel gradient of
-1x1 ones and of ones padded beyond their kernel (FCN's first layer), which is one GEMM on CPU
-(conv_kernel_grad.py).
+1x1 ones and of ones padded beyond their kernel (FCN's first layer), which is one GEMM on CPU,
+and both gradients of ones whose kernel outweighs their map (the U-Net's 8x8 bottom level,
+FCN's fc7), GEMMs too (conv_kernel_grad.py).
 
 `conv_general_dilated` has lax's signature, so `nn.Conv(..., conv_general_dilated=...)`
 (`Conv` below) uses it with the same parameters, names and initialisation.
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxseg.models.conv_kernel_grad import conv_gemm_kernel_grad, worth_it
+from jaxseg.models.conv_kernel_grad import conv_gemm_gradients, kernel_outweighs_map, worth_it
 from jaxseg.models.platforms import per_platform
 
 SMALL_OUTPUT_PIXELS = 16  # 4x4: im2col is faster up to here on XLA:CPU (module docstring)
@@ -113,7 +114,8 @@ def conv_general_dilated(
     one without groups whose output has at most SMALL_OUTPUT_PIXELS pixels as one matmul
     (im2col); a stride-1 one without groups that is 1x1 or padded beyond its kernel, with
     enough outputs (`conv_kernel_grad.worth_it`), is XLA's convolution with the kernel
-    gradient as one GEMM.
+    gradient as one GEMM; a stride-1 one without groups with at least as many output channels
+    as output positions (`conv_kernel_grad.kernel_outweighs_map`) has both gradients as GEMMs.
     All compute the same sums in another order (equal to float rounding).
     """
 
@@ -162,13 +164,14 @@ def conv_general_dilated(
             return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
 
         return per_platform(lhs, rhs, cpu=im2col, default=reference)
-    if tuple(window_strides) != (1, 1) or not worth_it(rhs.shape, pads, dilation):
+    gemm_input = kernel_outweighs_map(rhs.shape, out_shape)
+    if tuple(window_strides) != (1, 1) or not (gemm_input or worth_it(rhs.shape, pads, dilation)):
         return reference(lhs, rhs)
 
-    def gemm_kernel_grad(lhs, rhs):
-        return conv_gemm_kernel_grad(lhs, rhs, pads, dilation, precision)
+    def gemm_gradients(lhs, rhs):
+        return conv_gemm_gradients(lhs, rhs, pads, dilation, precision, gemm_input)
 
-    return per_platform(lhs, rhs, cpu=gemm_kernel_grad, default=reference)
+    return per_platform(lhs, rhs, cpu=gemm_gradients, default=reference)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
