@@ -1,12 +1,14 @@
 """Max pooling over non-overlapping windows with a CPU gradient written as a mask.
 
 XLA:CPU expands the gradient of max pooling (select-and-scatter) into an argmax over each
-window that carries one int32 index array per dimension, then a scatter: for the
-default config's U-Net, about a tenth of the train step. When the windows tile the map
+window that carries one int32 index array per dimension, then a scatter: about a tenth of
+the traced op time of the default config's train step. When the windows tile the map
 (window = stride, no padding: the U-Net's and VGG's 2x2 pools), the same gradient is an
 elementwise mask: each window's upstream gradient goes to the first position (row-major,
 the order select-and-scatter visits) that holds the window's maximum. Ties (ReLU's
-zeros) go where XLA sends them, so values and gradients equal the plain reduce_window.
+zeros) go where XLA sends them, so for finite inputs values and gradients equal the plain
+reduce_window's. Alone 10-25x faster (4x128x128x64: 45 -> 1.7 ms); whole train steps
+1.01-1.07x (README, "Exact CPU rewrites").
 """
 
 import functools
