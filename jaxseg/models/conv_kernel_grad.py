@@ -27,8 +27,8 @@ costs more than the products when the kernel is large and the map small (3x3x102
 many output channels as the output has positions (N * H_out * W_out: the U-Net's 8x8 bottom
 level at batch 4), `input_gradient` reads the kernel as it lies instead: the output
 gradient times the kernel (one GEMM, contracting its output channels) gives each tap's
-contribution, and the kh*kw taps are added at their shifts. Measured forward + backward,
-batch 4, XLA -> both gradients as GEMMs: 8x8x1024 -> 1024 117 -> 49 ms, 8x8x512 -> 1024
+contribution, and the kh*kw taps are added at their shifts. Measured, the two gradients,
+batch 4, XLA -> both as GEMMs: 8x8x1024 -> 1024 117 -> 49 ms, 8x8x512 -> 1024
 35 -> 19 ms, 8x8x256 -> 256 4.0 -> 3.2 ms (equal outputs and positions); at half as many
 outputs as positions the GEMMs lose (16x16x512 -> 512: 40 -> 47 ms).
 
