@@ -66,6 +66,15 @@ def _values_and_grads(function, x, kernel, cotangent):
     return jax.jit(run)(x, kernel)
 
 
+def _assert_same_values_and_grads(ours, reference, x, kernel, cotangent):
+    """Output and both gradients equal to float32 rounding (relative to each one's size)."""
+    got = _values_and_grads(ours, x, kernel, cotangent)
+    want = _values_and_grads(reference, x, kernel, cotangent)
+    for got_part, want_part in zip(got, want, strict=True):
+        want_part = np.asarray(want_part)
+        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+
+
 def _convolutions(function, *args) -> list[str]:
     text = jax.jit(function).lower(*args).compile().as_text()
     return [line for line in text.splitlines() if " convolution(" in line]
@@ -160,11 +169,7 @@ def test_depthwise_values_and_gradients_equal_lax(height, width, stride, padding
     ours, reference = _both(stride, padding, dilation, feature_group_count=5)
     want_out = reference(x, kernel)
     cotangent = jnp.asarray(rng.normal(size=want_out.shape), jnp.float32)
-    got = _values_and_grads(ours, x, kernel, cotangent)
-    want = _values_and_grads(reference, x, kernel, cotangent)
-    for got_part, want_part in zip(got, want, strict=True):
-        want_part = np.asarray(want_part)
-        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+    _assert_same_values_and_grads(ours, reference, x, kernel, cotangent)
 
     def loss(x, kernel):
         return jnp.sum(jnp.sin(ours(x, kernel)))
@@ -278,11 +283,7 @@ def test_conv_with_gemm_kernel_gradient_equals_lax(
         height, width, kernel_size, padding, dilation, in_features
     )
     assert cotangent.shape[1] * cotangent.shape[2] > SMALL_OUTPUT_PIXELS
-    got = _values_and_grads(ours, x, kernel, cotangent)
-    want = _values_and_grads(reference, x, kernel, cotangent)
-    for got_part, want_part in zip(got, want, strict=True):
-        want_part = np.asarray(want_part)
-        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+    _assert_same_values_and_grads(ours, reference, x, kernel, cotangent)
 
     # On CPU the forward and input-gradient convolutions stay XLA's; the kernel gradient,
     # which XLA runs as a convolution whose window is the whole map, is a dot.
@@ -372,11 +373,7 @@ def test_conv_with_gemm_gradients_equals_lax(
     assert SMALL_OUTPUT_PIXELS < out_shape[1] * out_shape[2] <= 64
     assert kernel_outweighs_map(kernel.shape, out_shape)
     cotangent = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
-    got = _values_and_grads(ours, x, kernel, cotangent)
-    want = _values_and_grads(reference, x, kernel, cotangent)
-    for got_part, want_part in zip(got, want, strict=True):
-        want_part = np.asarray(want_part)
-        np.testing.assert_allclose(got_part, want_part, atol=1e-5 * np.abs(want_part).max())
+    _assert_same_values_and_grads(ours, reference, x, kernel, cotangent)
 
     # On CPU only the forward convolution is left: XLA's input gradient (a convolution over
     # the kernel with its channels swapped) and kernel gradient are dots.
