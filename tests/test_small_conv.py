@@ -158,6 +158,10 @@ DEPTHWISE_CASES = [
     pytest.param(5, 6, 1, ((6, 6), (6, 6)), 6, id="aspp-rate6"),
     pytest.param(4, 5, 1, ((18, 18), (18, 18)), 18, id="aspp-rate18"),
     pytest.param(7, 6, 2, "SAME", 1, id="stride2-same"),
+    pytest.param(9, 8, 1, ((0, 2), (2, 1)), 1, id="asymmetric-padding"),
+    pytest.param(6, 7, 1, "VALID", 1, id="valid"),
+    # Padded beyond the kernel's reach: the input gradient's padding is negative (a crop).
+    pytest.param(5, 6, 1, ((3, 3), (3, 3)), 1, id="padded-beyond-reach"),
 ]
 
 
@@ -186,6 +190,37 @@ def test_depthwise_values_and_gradients_equal_lax(height, width, stride, padding
         x4,
         grouped,
     )
+
+
+def _primitive_count(jaxpr, name: str) -> int:
+    """How often primitive `name` occurs in a jaxpr, its sub-jaxprs (cond branches, custom
+    rules) included."""
+    count = 0
+    for equation in jaxpr.eqns:
+        count += equation.primitive.name == name
+        for value in equation.params.values():
+            for inner in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(inner, "jaxpr", inner)  # a ClosedJaxpr's Jaxpr
+                if hasattr(inner, "eqns"):
+                    count += _primitive_count(inner, name)
+    return count
+
+
+def test_depthwise_input_gradient_pads_the_cotangent_once():
+    """Autodiff of the 9 shifted views would pad each tap's cotangent to full size (9 pads,
+    which XLA fused into a slow loop in SegFormer's step); the stride-1 form pads the
+    cotangent once: 3 pads in all (the forward's input, the cotangent, the input again for
+    the kernel gradient)."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 6, 7, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 5)), jnp.float32)
+    ours, _ = _both(1, ((1, 1), (1, 1)), 1, feature_group_count=5)
+
+    def loss(x, kernel):
+        return jnp.sum(jnp.sin(ours(x, kernel)))
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, kernel).jaxpr
+    assert _primitive_count(jaxpr, "pad") == 3
 
 
 def test_models_with_depthwise_convs_train_without_grouped_convolutions_on_cpu():

@@ -19,7 +19,13 @@ Mix-FFN) are slower still on XLA:CPU, which has no fast kernel for grouped convo
 measured on this machine, forward+backward of a 3x3 depthwise conv, batch 8, 64x80x256:
 26.4 s as XLA lowers it, 2.4 s as the sum of the 9 shifted views times their per-channel
 taps (16x20x512 at rate 6 / 12: 2.9 / 3.7 s against 0.67 / 0.49 s; medians of 5, a busy
-machine, so the ratios are what counts). On CPU only, the same way.
+machine, so the ratios are what counts). On CPU only, the same way. At stride 1 the input
+gradient is written out as well (`_depthwise_stride1`): autodiff of the views pads each
+tap's cotangent to full size and adds them, and in SegFormer's train step XLA fused that sum
+with a transpose into a loop of 9 strided reads per element that took 1.07 s of the step's
+3.1 s (XLA's profile; CamVid crops, batch 8). Written as one padded cotangent against the
+turned kernel, SegFormer-B0's step on those crops is 1.67x faster and DeepLabV3+'s 1.05x
+(paired in one process, same weights and batch).
 
 Stride-1 convolutions on larger maps keep XLA's convolutions, except the kernel gradient of
 1x1 ones and of ones padded beyond their kernel (FCN's first layer), which is one GEMM on CPU,
@@ -59,7 +65,9 @@ def _shifted_views(x, kernel_size, strides, pads, dilation) -> list:
     """The kernel's taps as views of the padded input, tap-major: view (i, j) holds the
     input pixel that tap (i, j) meets at each output position."""
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    # lax.pad: a negative pad crops (a depthwise input gradient can need one).
+    zero = jnp.zeros((), x.dtype)
+    x = lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
     out_h = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
     return [
@@ -81,7 +89,7 @@ def _im2col_conv(x, kernel, strides, pads, dilation, precision=None):
     return jnp.matmul(columns, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
 
 
-def _depthwise_conv(x, kernel, strides, pads, dilation):
+def _depthwise_sum(x, kernel, strides, pads, dilation):
     """A depthwise convolution (kernel (kh, kw, 1, C)) as the sum over taps of each shifted
     view times that tap's per-channel weights."""
     views = _shifted_views(x, kernel.shape[:2], strides, pads, dilation)
@@ -90,6 +98,44 @@ def _depthwise_conv(x, kernel, strides, pads, dilation):
     for view, tap in zip(views[1:], taps[1:], strict=True):
         out = out + view * tap
     return out
+
+
+def _depthwise_conv(x, kernel, strides, pads, dilation):
+    """`_depthwise_sum`; at stride 1 with the input gradient written as the same kind of sum
+    (`_depthwise_stride1`)."""
+    if tuple(strides) == (1, 1):
+        return _depthwise_stride1(x, kernel, pads, dilation)
+    return _depthwise_sum(x, kernel, strides, pads, dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_stride1(x, kernel, pads, dilation):
+    """A stride-1 `_depthwise_sum` whose input gradient pads the cotangent once.
+
+    Autodiff of the shifted views pads each tap's cotangent to the padded input's size and
+    adds the kh*kw results (slow in SegFormer's train step: module docstring). The input
+    gradient is itself a depthwise correlation: of the cotangent, padded so that every tap
+    meets again the pixels it met, against the kernel turned by 180 degrees.
+    """
+    return _depthwise_sum(x, kernel, (1, 1), pads, dilation)
+
+
+def _depthwise_stride1_forward(x, kernel, pads, dilation):
+    return _depthwise_stride1(x, kernel, pads, dilation), (x, kernel)
+
+
+def _depthwise_stride1_backward(pads, dilation, residuals, dy):
+    x, kernel = residuals
+    kernel_size = kernel.shape[:2]
+    reach = [(k - 1) * d for k, d in zip(kernel_size, dilation, strict=True)]
+    back_pads = tuple((r - low, r - high) for r, (low, high) in zip(reach, pads, strict=True))
+    dx = _depthwise_sum(dy, kernel[::-1, ::-1], (1, 1), back_pads, dilation)
+    views = _shifted_views(x, kernel_size, (1, 1), pads, dilation)
+    dkernel = jnp.stack([jnp.sum(view * dy, axis=(0, 1, 2)) for view in views])
+    return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_stride1.defvjp(_depthwise_stride1_forward, _depthwise_stride1_backward)
 
 
 def conv_general_dilated(
