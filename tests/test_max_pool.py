@@ -1,7 +1,7 @@
 """Max pooling written as an explicit -inf pad + unpadded pool (the form ONNX converters
 take) computes what the padded `reduce_window` form did: values, gradients, and the
-compiled program; pools whose windows tile the map have a CPU gradient written as a mask
-(jaxseg/models/pool_grad.py) that equals XLA's."""
+compiled program; on CPU the pool's gradient is a mask (jaxseg/models/pool_grad.py) equal to
+XLA's (bitwise where the windows tile the map, to float rounding where they overlap)."""
 
 import re
 
@@ -14,7 +14,7 @@ from jax import export
 
 from jaxseg.models.layers import max_pool
 from jaxseg.models.platforms import plain_lax_forms, xla_options
-from jaxseg.models.pool_grad import tiling_max_pool
+from jaxseg.models.pool_grad import masked_max_pool, tiling_max_pool
 
 
 def _padded_reduce_window(x, window, stride, padding, ceil_mode):
@@ -42,7 +42,10 @@ def test_values_and_gradients_equal_the_padded_pool(window, stride, padding, cei
     def grad(f):
         return jax.grad(lambda x: jnp.sum(f(x) * cotangent))(x)
 
-    np.testing.assert_array_equal(grad(ours), grad(before))
+    if window == stride:  # each position in one window: the same single term
+        np.testing.assert_array_equal(grad(ours), grad(before))
+    else:  # a position in several windows adds their gradients in another order
+        np.testing.assert_allclose(grad(ours), grad(before), rtol=1e-6, atol=1e-6)
 
 
 def _instructions(compiled_text: str) -> list[str]:
@@ -53,7 +56,8 @@ def _instructions(compiled_text: str) -> list[str]:
 
 
 def test_xla_compiles_both_forms_to_the_same_program():
-    """XLA folds the -inf pad into the pool's window: nothing changes for speed."""
+    """XLA folds the -inf pad into the pool's window: nothing changes for speed (the plain
+    lax forms, as GPUs and TPUs run them)."""
     x = jnp.ones((2, 32, 32, 8))
 
     def compiled(f):
@@ -61,7 +65,8 @@ def test_xla_compiles_both_forms_to_the_same_program():
         backward = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))).lower(x).compile()
         return _instructions(forward), _instructions(backward.as_text())
 
-    ours = compiled(lambda x: max_pool(x, 3, 2, 1))
+    with plain_lax_forms():
+        ours = compiled(lambda x: max_pool(x, 3, 2, 1))
     assert ours == compiled(lambda x: _padded_reduce_window(x, 3, 2, 1, False))
     assert not [line for line in ours[0] if " pad(" in line]  # folded into the window
 
@@ -99,15 +104,46 @@ def test_tiling_pool_values_and_gradients_equal_reduce_window(shape, window, dty
     assert int(jnp.sum(got_grad != 0)) == int(jnp.sum(cotangent != 0))
 
 
-def test_max_pool_takes_the_tiling_form_for_tiling_windows_only():
+def test_max_pool_takes_the_masked_form():
     def jaxpr(*args):
         return str(jax.make_jaxpr(lambda x: max_pool(x, *args))(jnp.ones((1, 15, 13, 2))))
 
     assert "platform_index" in jaxpr(2, 2, 0, True)  # VGG's ceil-mode pool: 16x14 after the pad
-    assert "platform_index" not in jaxpr(2, 2)  # 15x13: the windows do not tile it
-    assert "platform_index" not in jaxpr(3, 2, 1)  # ResNet's overlapping windows
+    assert "platform_index" in jaxpr(2, 2)  # 15x13: the last row and column are left out
+    assert "platform_index" in jaxpr(3, 2, 1)  # ResNet's overlapping windows
     with plain_lax_forms():
         assert "platform_index" not in jaxpr(2, 2, 0, True)
+
+
+# ---------------------------------------------------------------- windows that overlap
+
+# (shape, window, stride): ResNet's stem pool (3x3/2), stride 1, windows with gaps between
+# them, and a map the windows do not reach the end of.
+OVERLAPPING_CASES = [
+    ((2, 9, 11, 3), 3, 2, jnp.float32),
+    ((2, 7, 6, 4), 3, 1, jnp.float32),
+    ((1, 10, 9, 2), 2, 3, jnp.float32),
+    ((2, 12, 10, 3), 3, 2, jnp.bfloat16),
+]
+
+
+@pytest.mark.parametrize("shape, window, stride, dtype", OVERLAPPING_CASES)
+def test_overlapping_pool_values_and_gradients_equal_reduce_window(shape, window, stride, dtype):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.integers(-2, 3, shape), dtype)  # ties in most windows
+    reference = lambda x: nn.max_pool(x, (window, window), (stride, stride))  # noqa: E731
+    got, got_vjp = jax.vjp(jax.jit(lambda x: masked_max_pool(x, window, stride)), x)
+    want, want_vjp = jax.vjp(jax.jit(reference), x)
+    np.testing.assert_array_equal(np.float32(got), np.float32(want))
+    cotangent = jnp.asarray(rng.normal(size=want.shape), dtype)
+    (got_grad,), (want_grad,) = got_vjp(cotangent), want_vjp(cotangent)
+    assert got_grad.dtype == dtype
+    # Same positions; a position in several windows sums their gradients in another order.
+    np.testing.assert_array_equal(got_grad != 0, want_grad != 0)
+    tolerance = 1e-6 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(
+        np.float32(got_grad), np.float32(want_grad), rtol=tolerance, atol=tolerance
+    )
 
 
 def _compiled_gradient(f, x) -> str:
@@ -115,12 +151,13 @@ def _compiled_gradient(f, x) -> str:
     return jax.jit(loss, compiler_options=xla_options()).lower(x).compile().as_text()
 
 
-def test_cpu_gradient_has_no_select_and_scatter():
+@pytest.mark.parametrize("window, stride", [(2, 2), (3, 2)])  # U-Net's, VGG's; ResNet's
+def test_cpu_gradient_has_no_select_and_scatter(window, stride):
     """What the form is for: XLA:CPU expands select-and-scatter into an argmax carrying
     int32 iotas and a scatter; the mask has neither."""
     x = jnp.ones((2, 16, 16, 8))
-    plain = _compiled_gradient(lambda x: nn.max_pool(x, (2, 2), (2, 2)), x)
-    ours = _compiled_gradient(lambda x: tiling_max_pool(x, 2), x)
+    plain = _compiled_gradient(lambda x: nn.max_pool(x, (window,) * 2, (stride,) * 2), x)
+    ours = _compiled_gradient(lambda x: masked_max_pool(x, window, stride), x)
     assert "scatter(" in plain or "select-and-scatter(" in plain
     assert "scatter(" not in ours and "select-and-scatter(" not in ours
     assert " iota(" not in ours

@@ -7,7 +7,7 @@ statistics in float32): the model sets the compute dtype once, by casting its in
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.pool_grad import tiling_max_pool
+from jaxseg.models.pool_grad import masked_max_pool
 from jaxseg.models.small_conv import Conv
 
 
@@ -93,9 +93,8 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mo
 
     The padding is an explicit -inf `jnp.pad` before an unpadded pool: the same values and
     gradients as a padded `reduce_window` (XLA folds the pad into the window), and the form
-    converters take (jax2onnx's max-pool rule drops a pool's own padding). Windows that
-    tile the (padded) map, window = stride, take `tiling_max_pool` (its CPU gradient is a
-    mask, not XLA's select-and-scatter).
+    converters take (jax2onnx's max-pool rule drops a pool's own padding). The pool is
+    `masked_max_pool`: on CPU its gradient is a mask, not XLA's select-and-scatter.
     """
     pads = []
     for size in x.shape[1:3]:
@@ -106,9 +105,7 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0, ceil_mo
         pads.append((padding, padding + extra))
     if any(any(pad) for pad in pads):
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    if window == stride and not (x.shape[1] % window or x.shape[2] % window):
-        return tiling_max_pool(x, window)
-    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
+    return masked_max_pool(x, window, stride)
 
 
 def nearest_valid(size: int, is_valid, limit: int = 4096) -> list[int]:
