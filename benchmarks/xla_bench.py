@@ -5,6 +5,7 @@
     python benchmarks/xla_bench.py --config configs/fcn_vgg16.py:8s --mode inference
     python benchmarks/xla_bench.py --model unet --size 256,256 --batch 8 --remat none blocks
     python benchmarks/xla_bench.py --config configs/default.py --profile /tmp/trace
+    python benchmarks/xla_bench.py --config configs/camvid_segformer_b0.py --mode train --top-ops 8
 
 Each config is built as training builds it (`jaxseg.run.build.build_run`, "mesh" data
 parallelism over the config's devices) and benchmarked, on synthetic data of the config's
@@ -53,14 +54,20 @@ A benchmark whose executable needs more memory than the device has (on CPU: the 
 available to the process) stops with an error naming the config, mode and sizes; the
 others still run, and the exit status is 1. `--profile DIR` records the timed steps with
 `jax.profiler` in DIR/<config>-<mode>-<dtype>-remat_<remat>/ (open it with TensorBoard's
-profile plugin, or its .trace.json.gz with Perfetto).
+profile plugin, or its .trace.json.gz with Perfetto). `--top-ops N` profiles the timed
+steps (in a temporary directory unless `--profile` is given) and lists the N HLO
+instructions of the compiled step that took the most time, per step, with their shapes and
+the model code they come from (`top_ops` in the record, printed after the table): how
+SegFormer's 1 s depthwise-gradient loop was found (README, "Performance").
 Timings on a shared machine: compare rows of one run only.
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import functools
+import glob
 import itertools
 import json
 import os
@@ -68,6 +75,7 @@ import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -409,11 +417,48 @@ def measure(function, arguments, donates_state: bool, dtype: str, args, profile_
         if donates_state:  # the state argument was donated: the next step takes the new one
             arguments = (outputs[0], *arguments[1:])
 
-    times = timed_steps(step, args.warmup, args.steps, profile_dir)
+    with contextlib.ExitStack() as stack:
+        if args.top_ops and not profile_dir:
+            profile_dir = stack.enter_context(tempfile.TemporaryDirectory())
+        times = timed_steps(step, args.warmup, args.steps, profile_dir)
+        if args.top_ops:
+            record["top_ops"] = top_ops(compiled.as_text(), profile_dir, args.steps, args.top_ops)
     record |= timing_record(times, flops, device_peak(dtype), rss_reset)
-    if profile_dir:
+    if profile_dir and args.profile:
         record["profile"] = profile_dir
     return record
+
+
+def top_ops(hlo_text: str, profile_dir: str, steps: int, count: int) -> list[dict]:
+    """The `count` HLO instructions of a compiled program that took the most time per step
+    in the `jax.profiler` trace of `steps` runs of it in `profile_dir`: time (ms), the
+    instruction's kind, result shape and the source it came from (the op_name XLA keeps)."""
+    module = re.match(r"HloModule (\S+?),", hlo_text).group(1)
+    instructions = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(", line)
+        if match:
+            source = re.search(r'op_name="([^"]*)"', line)
+            shape = match.group(2).split("{")[0]
+            instructions[match.group(1)] = (match.group(3), shape, source and source.group(1))
+    (path,) = glob.glob(f"{profile_dir}/**/*.xplane.pb", recursive=True)
+    milliseconds = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                if stats.get("hlo_module") == module and "hlo_op" in stats:
+                    milliseconds[stats["hlo_op"]] += event.duration_ns / 1e6 / steps
+    return [
+        dict(
+            zip(
+                ("ms", "instruction", "kind", "shape", "source"),
+                (ms, op, *instructions.get(op, ("?", "?", None))),
+                strict=True,
+            )
+        )
+        for op, ms in milliseconds.most_common(count)
+    ]
 
 
 def measure_onnxruntime(run, variables, host_batch: dict, flops: float | None, args) -> dict:
@@ -566,6 +611,13 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--profile", metavar="DIR", help="jax.profiler trace of the timed steps")
+    parser.add_argument(
+        "--top-ops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="list the N HLO instructions that took the most time per step (profiles)",
+    )
     parser.add_argument("--jsonl", metavar="PATH", help="also append the JSON lines here")
     args = parser.parse_args(argv)
     if args.batch is not None and args.batch < 1:
@@ -609,6 +661,15 @@ def main(argv=None) -> int:
                     f.write(line + "\n")
     print()
     print(markdown_table(records))
+    for record in records:
+        if record.get("top_ops"):
+            print(f"\n{record['config']} ({record['mode']}), the slowest instructions per step:")
+            for op in record["top_ops"]:
+                share = 100 * op["ms"] / record["step_ms"]
+                print(
+                    f"  {op['ms']:8.1f} ms {share:5.1f}%  {op['kind']:12s} {op['shape']:24s}"
+                    f" {(op['source'] or op['instruction'])[-90:]}"
+                )
     failed = [r for r in records if "error" in r]
     for record in failed:
         print(f"\n{record['config']} ({record['mode']}): {record['error']}", file=sys.stderr)

@@ -47,6 +47,19 @@ def test_a_config_in_both_modes(data_dir, tmp_path, capsys):
     assert out.count(f"| `{spec}` |") == 2 and "| MFU |" in out
 
 
+def test_top_ops_lists_the_slowest_instructions_of_the_step(data_dir, capsys):
+    spec = f"{TINY_CONFIG}:{data_dir}"
+    assert xla_bench.main(["--config", spec, *FAST, "--mode", "train", "--top-ops", "3"]) == 0
+    (record,), out = _records(capsys)
+    ops = record["top_ops"]
+    assert len(ops) == 3 and "profile" not in record  # traced in a temporary directory
+    assert ops[0]["ms"] >= ops[1]["ms"] >= ops[2]["ms"] > 0
+    assert sum(op["ms"] for op in ops) < 3 * record["step_ms_max"]  # per step, not in all
+    assert all(op["kind"] != "?" and op["shape"] != "?" for op in ops)  # found in the HLO
+    assert any((op["source"] or "").startswith("jit(train_step)/") for op in ops)
+    assert "(train), the slowest instructions per step:" in out
+
+
 def test_onnxruntime_mode_times_the_exported_file(data_dir, capsys):
     pytest.importorskip("jax2onnx")
     argv = ["--config", f"{TINY_CONFIG}:{data_dir}", *FAST, "--mode", "onnxruntime", "inference"]
