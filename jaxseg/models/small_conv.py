@@ -24,8 +24,8 @@ gradient is written out as well (`_depthwise_stride1`): autodiff of the views pa
 tap's cotangent to full size and adds them, and in SegFormer's train step XLA fused that sum
 with a transpose into a loop of 9 strided reads per element that took 1.07 s of the step's
 3.1 s (XLA's profile; CamVid crops, batch 8). Written as one padded cotangent against the
-turned kernel, SegFormer-B0's step on those crops is 1.67x faster and DeepLabV3+'s 1.05x
-(paired in one process, same weights and batch).
+turned kernel, SegFormer-B0's step on those crops is 1.65x faster and DeepLabV3+'s 1.05x
+(paired in one process, same weights and batch; README, "Performance").
 
 Stride-1 convolutions on larger maps keep XLA's convolutions, except the kernel gradient of
 1x1 ones and of ones padded beyond their kernel (FCN's first layer), which is one GEMM on CPU,
