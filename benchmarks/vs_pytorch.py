@@ -3,13 +3,12 @@
 import argparse
 import collections
 import contextlib
-import glob
 import os
-import re
 import statistics
 import tempfile
 import time
 
+import hlo_profile
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -444,16 +443,8 @@ def profile(name, steps=2, top=12):
     """
     images, labels = _batch(name)
     runner = JaxRunner(name, images, labels)
-    instructions = {}
-    for line in runner.compiled.as_text().splitlines():
-        match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) (\S+?)\(", line)
-        if match:
-            op_name = re.search(r'op_name="([^"]*)"', line)
-            instructions[match.group(1)] = (
-                match.group(3),
-                match.group(2),
-                op_name.group(1) if op_name else "",
-            )
+    hlo_text = runner.compiled.as_text()
+    instructions = hlo_profile.instructions(hlo_text)
     kernel_shapes = {
         tuple(sorted(leaf.shape)) for leaf in jax.tree.leaves(runner.params) if leaf.ndim == 4
     }
@@ -462,15 +453,9 @@ def profile(name, steps=2, top=12):
         with jax.profiler.trace(directory):
             for _ in range(steps):
                 runner()
-        (path,) = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)
-        data = jax.profiler.ProfileData.from_file(path)
-    per_op = collections.Counter()
-    for plane in data.planes:
-        for line in plane.lines:
-            for event in line.events:
-                stats = dict(event.stats)
-                if stats.get("hlo_module", "").startswith("jit_step") and "hlo_op" in stats:
-                    per_op[stats["hlo_op"]] += event.duration_ns / 1e6 / steps
+        per_op = hlo_profile.milliseconds_per_step(
+            directory, hlo_profile.module_name(hlo_text), steps
+        )
     total = sum(per_op.values())
     by_kind = collections.Counter()
     for op, ms in per_op.items():

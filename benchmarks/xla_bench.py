@@ -63,11 +63,9 @@ Timings on a shared machine: compare rows of one run only.
 """
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import functools
-import glob
 import itertools
 import json
 import os
@@ -78,6 +76,7 @@ import sys
 import tempfile
 import time
 
+import hlo_profile
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -433,32 +432,15 @@ def top_ops(hlo_text: str, profile_dir: str, steps: int, count: int) -> list[dic
     """The `count` HLO instructions of a compiled program that took the most time per step
     in the `jax.profiler` trace of `steps` runs of it in `profile_dir`: time (ms), the
     instruction's kind, result shape and the source it came from (the op_name XLA keeps)."""
-    module = re.match(r"HloModule (\S+?),", hlo_text).group(1)
-    instructions = {}
-    for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(", line)
-        if match:
-            source = re.search(r'op_name="([^"]*)"', line)
-            shape = match.group(2).split("{")[0]
-            instructions[match.group(1)] = (match.group(3), shape, source and source.group(1))
-    (path,) = glob.glob(f"{profile_dir}/**/*.xplane.pb", recursive=True)
-    milliseconds = collections.Counter()
-    for plane in jax.profiler.ProfileData.from_file(path).planes:
-        for line in plane.lines:
-            for event in line.events:
-                stats = dict(event.stats)
-                if stats.get("hlo_module") == module and "hlo_op" in stats:
-                    milliseconds[stats["hlo_op"]] += event.duration_ns / 1e6 / steps
-    return [
-        dict(
-            zip(
-                ("ms", "instruction", "kind", "shape", "source"),
-                (ms, op, *instructions.get(op, ("?", "?", None))),
-                strict=True,
-            )
-        )
-        for op, ms in milliseconds.most_common(count)
-    ]
+    table = hlo_profile.instructions(hlo_text)
+    per_step = hlo_profile.milliseconds_per_step(
+        profile_dir, hlo_profile.module_name(hlo_text), steps
+    )
+    records = []
+    for op, ms in per_step.most_common(count):
+        kind, shape, source = table.get(op, ("?", "?", ""))
+        records.append(dict(ms=ms, instruction=op, kind=kind, shape=shape, source=source))
+    return records
 
 
 def measure_onnxruntime(run, variables, host_batch: dict, flops: float | None, args) -> dict:

@@ -61,12 +61,12 @@ def _overlapping_gradient(x, pooled, grad, window: int, stride: int) -> jnp.ndar
     windows whose first maximum it holds) placed back at the tap's strided positions."""
     height, width = x.shape[1:3]
     out_h, out_w = pooled.shape[1:3]
+    rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1  # each tap's span
     zero = jnp.zeros((), grad.dtype)
     taken = jnp.zeros(pooled.shape, bool)
     total = None
     for i in range(window):
         for j in range(window):
-            rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
             hit = (x[:, i : i + rows : stride, j : j + cols : stride] == pooled) & ~taken
             taken = taken | hit
             share = jnp.where(hit, grad, zero)
