@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import export, lax
 
-from jaxseg.models import get_model
+from jaxseg.models import get_model, small_conv
 from jaxseg.models.conv_kernel_grad import kernel_gradient, kernel_outweighs_map, worth_it
 from jaxseg.models.platforms import xla_options
 from jaxseg.models.small_conv import SMALL_OUTPUT_PIXELS, Conv, conv_general_dilated
@@ -221,6 +221,68 @@ def test_depthwise_input_gradient_pads_the_cotangent_once():
 
     jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, kernel).jaxpr
     assert _primitive_count(jaxpr, "pad") == 3
+
+
+def _loops(jaxpr) -> int:
+    """Loops in a jaxpr: a fori_loop with a fixed trip count is a scan, otherwise a while."""
+    return _primitive_count(jaxpr, "scan") + _primitive_count(jaxpr, "while")
+
+
+@pytest.mark.parametrize(
+    "height, width, stride, padding, dilation",
+    [case for case in DEPTHWISE_CASES if case.values[2] == 1],
+)
+def test_depthwise_kernel_gradient_image_by_image_equals_lax(
+    height, width, stride, padding, dilation, monkeypatch
+):
+    """Above LOOP_MIN_ELEMENTS the kernel gradient is summed image by image (a loop over the
+    batch); here the threshold is lowered so that these small batches take that form."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(3, height, width, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 5)), jnp.float32)
+    ours, reference = _both(stride, padding, dilation, feature_group_count=5)
+    cotangent = jnp.asarray(rng.normal(size=reference(x, kernel).shape), jnp.float32)
+
+    def loops(threshold):
+        monkeypatch.setattr(small_conv, "LOOP_MIN_ELEMENTS", threshold)
+        vjp = jax.vjp(ours, x, kernel)[1]
+        return _loops(jax.make_jaxpr(vjp)(cotangent).jaxpr)
+
+    assert loops(threshold=x.size + 1) == 0
+    assert loops(threshold=x.size) == 1  # the batch is large enough: one loop over it
+    _assert_same_values_and_grads(ours, reference, x, kernel, cotangent)
+    # bfloat16: both forms sum in float32; each is the float32 gradient of the same bfloat16
+    # inputs to bfloat16 rounding of the products (relative to the largest tap).
+    x16, kernel16, cotangent16 = (a.astype(jnp.bfloat16) for a in (x, kernel, cotangent))
+    exact = jax.vjp(reference, *(a.astype(jnp.float32) for a in (x16, kernel16)))[1](
+        cotangent16.astype(jnp.float32)
+    )[1]
+    for threshold in (x.size, x.size + 1):  # image by image, then the whole batch at once
+        monkeypatch.setattr(small_conv, "LOOP_MIN_ELEMENTS", threshold)
+        got = jax.vjp(ours, x16, kernel16)[1](cotangent16)[1]
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), exact, atol=2e-2 * np.abs(exact).max()
+        )
+
+
+def test_depthwise_kernel_gradient_loops_over_images_only_for_large_batches():
+    """The threshold on SegFormer-B0's Mix-FFN shapes (CamVid crops, batch 8): the three
+    larger stages loop, the last (8x10x1024, 655,360 elements) does not; a single image
+    never does."""
+    sizes = {(8, 64, 80, 128): True, (8, 16, 20, 640): True, (8, 8, 10, 1024): False}
+    sizes[(1, 256, 256, 128)] = False
+    for shape, loops in sizes.items():
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)
+        kernel = jax.ShapeDtypeStruct((3, 3, 1, shape[-1]), jnp.float32)
+
+        ours, _ = _both(1, ((1, 1), (1, 1)), 1, feature_group_count=shape[-1])
+
+        def gradient(x, kernel, ours=ours):
+            return jax.grad(lambda x, k: jnp.sum(ours(x, k)), (0, 1))(x, kernel)
+
+        jaxpr = jax.make_jaxpr(gradient)(x, kernel).jaxpr
+        assert (_loops(jaxpr) == 1) == loops, shape
 
 
 def test_models_with_depthwise_convs_train_without_grouped_convolutions_on_cpu():
