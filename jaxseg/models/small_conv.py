@@ -141,9 +141,11 @@ def _depthwise_kernel_gradient(x, dy, kernel_size, pads, dilation):
     """Per tap, the sum over (n, row, column) of its view of `x` times `dy`: (kh * kw, C), in
     float32. A batch of at least LOOP_MIN_ELEMENTS input elements is summed image by image.
 
-    Why: each tap's sum reads the whole input and output gradient once; over a batch larger
-    than this machine's 2 MiB of L2 per core, the kh * kw passes go to memory, and one image
-    at a time they stay in cache. Measured on 3x3 convs of SegFormer-B0's Mix-FFN (CamVid
+    Why: each tap's sum reads the whole input and output gradient once, kh * kw passes over
+    the batch; one image at a time those passes run about 3x faster (measured; presumably a
+    cache effect, as an image's arrays are an eighth of the batch's, but that is not pinned
+    down: one image of the largest shape is 2.6 MB an array, more than this machine's 2 MiB
+    of L2 per core). Measured on 3x3 convs of SegFormer-B0's Mix-FFN (CamVid
     crops, batch 8), whole batch -> image by image: 64x80x128 57-68 -> 21 ms, 32x40x256
     32 -> 9-10 ms, 16x20x640 19-20 -> 6.4 ms; below the threshold the loop costs more than
     it saves (8x10x1024: 3.0 -> 4.6 ms). Equal to float rounding (the images' sums added in
