@@ -28,6 +28,7 @@ import time
 
 import jax
 
+from jaxseg import host_memory
 from jaxseg.config import REPO, load_config_file
 from jaxseg.run import build_run
 from jaxseg.train.loop import train_and_evaluate
@@ -117,6 +118,12 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, help="training steps (default: per config)")
     parser.add_argument("--log-every", type=int, help="steps per log interval")
     parser.add_argument("--bare-steps", type=int, default=5, help="bare steps before and after")
+    parser.add_argument(
+        "--host-memory",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="reuse (as the jaxseg tools do, jaxseg/host_memory.py) or glibc's malloc defaults",
+    )
     args = parser.parse_args(argv)
     for spec in args.configs:
         steps, log_every = DEFAULTS.get(spec, (None, None))
@@ -130,6 +137,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.host_memory == "reuse":  # before JAX starts its CPU client
+        print(f"host memory reuse: {host_memory.reuse_freed_memory()}", flush=True)
     results = []
     for spec in args.configs:
         steps, log_every = DEFAULTS.get(spec, (None, None))

@@ -19,6 +19,7 @@ from machine import cpu_name, software, usable_cpus
 from torch import nn
 
 import jaxseg
+from jaxseg import host_memory
 from jaxseg.models.encoders.vgg import CAFFE
 from jaxseg.models.platforms import plain_lax_forms, xla_options
 from jaxseg.models.small_conv import conv_general_dilated
@@ -644,7 +645,16 @@ def main():
         action="store_true",
         help="then time XLA's, jaxseg's and PyTorch's kernels for each 3x3 conv of the U-Nets",
     )
+    parser.add_argument(
+        "--host-memory",
+        choices=("system", "reuse"),
+        default="system",
+        help="reuse: the jaxseg tools' malloc setting (jaxseg/host_memory.py), which applies to"
+        " the whole process, PyTorch included; system: glibc's defaults for both",
+    )
     args = parser.parse_args()
+    if args.host_memory == "reuse":  # before JAX starts its CPU client
+        print(f"host memory reuse: {host_memory.reuse_freed_memory()}")
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; allowed: {list(BENCHMARKS)}")

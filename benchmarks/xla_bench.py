@@ -82,6 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 from machine import cpu_name, software, usable_cpus
 
+from jaxseg import host_memory
 from jaxseg.config import (
     REPO,
     base_config,
@@ -601,6 +602,12 @@ def parse_args(argv=None):
         help="list the N HLO instructions that took the most time per step (profiles)",
     )
     parser.add_argument("--jsonl", metavar="PATH", help="also append the JSON lines here")
+    parser.add_argument(
+        "--host-memory",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="reuse (as the jaxseg tools do, jaxseg/host_memory.py) or glibc's malloc defaults",
+    )
     args = parser.parse_args(argv)
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch {args.batch}: must be >= 1")
@@ -612,6 +619,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Runs the benchmarks; returns the exit status (1 if any failed)."""
     args = parse_args(argv)
+    if args.host_memory == "reuse":  # before JAX starts its CPU client
+        print(f"host memory reuse: {host_memory.reuse_freed_memory()}", flush=True)
     print(machine_line(), flush=True)
     modes = modes_from(args.mode)
     records, seen = [], {}

@@ -31,7 +31,7 @@ preemption.watch_interrupts_from_start()
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from jaxseg import errors  # noqa: E402
+from jaxseg import errors, host_memory  # noqa: E402
 from jaxseg.errors import JaxsegError  # noqa: E402
 
 # Every tool's exit statuses, here in one place (see the module docstring).
@@ -53,6 +53,13 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     os.environ.get("JAXSEG_COMPILATION_CACHE", DEFAULT_COMPILATION_CACHE),
     "Directory of JAX's persistent compilation cache ($JAXSEG_COMPILATION_CACHE);"
     " --compilation_cache= (empty) turns it off.",
+)
+_REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    "reuse_host_memory",
+    host_memory.wanted(),
+    "On CPU, keep freed host memory for reuse (glibc malloc: one arena, no mmap), so that"
+    " XLA's per-step buffers stop page-faulting: faster steps, slower compiles, a higher"
+    " peak RSS (jaxseg/host_memory.py, README). $JAXSEG_REUSE_HOST_MEMORY=0 turns it off.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with the cluster's auto-detection."
@@ -116,6 +123,8 @@ def config_name(spec: str) -> str:
 
 def _started(main, argv):
     """What every tool does once its flags are parsed, then the tool."""
+    if _REUSE_HOST_MEMORY.value:  # before anything starts JAX's CPU client
+        logging.info("reuse host memory: %s", host_memory.reuse_freed_memory())
     use_compilation_cache()
     return main(argv)
 

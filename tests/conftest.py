@@ -27,6 +27,16 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
+@pytest.fixture(autouse=True)
+def _test_processes_keep_glibcs_malloc(monkeypatch):
+    """A tool run in the test process (cli.run) leaves the worker's malloc as it is: the
+    setting slows compiling, and would hold for the rest of the worker's tests. The tools
+    that the tests start as subprocesses do take it; test_host_memory tests it."""
+    from jaxseg import host_memory
+
+    monkeypatch.setattr(host_memory, "reuse_freed_memory", lambda: "off in the test process")
+
+
 def pytest_unconfigure(config):
     if _CACHE_OWNER:
         shutil.rmtree(os.environ["JAXSEG_TEST_XLA_CACHE"], ignore_errors=True)
