@@ -5,8 +5,8 @@ malloc gives blocks that large fresh pages from mmap and unmaps them on free, so
 step first-touches (page-faults and zeroes) its temporaries again: 137,000 faults and
 0.27 s of kernel time a step for the paper U-Net's train step (batch 4, 128x128), 30,000
 and 0.07 s for the default config. The blocks are allocated by XLA's worker threads, whose
-malloc arenas mmap anything above 64 MB, so the MALLOC_MMAP_MAX_ environment variable
-alone does not help.
+malloc arenas mmap anything above 64 MB, so MALLOC_MMAP_MAX_=0 and a high
+MALLOC_TRIM_THRESHOLD_ alone do not help.
 
 `reuse_freed_memory()` asks glibc (`mallopt`) for one arena (the main heap, for every
 thread), no mmap, and no trimming below 2 GiB: freed blocks then go back to the heap and
