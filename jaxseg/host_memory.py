@@ -12,7 +12,7 @@ MALLOC_TRIM_THRESHOLD_ alone do not help.
 thread), no mmap, and no trimming below 2 GiB: freed blocks then go back to the heap and
 the next step reuses their pages (no faults after the first steps). The costs: the process
 keeps its high-water mark of memory rather than handing it back, and more (one heap's
-holes: up to +40% peak RSS measured); and XLA compiles more slowly (+27-37% measured: its
+holes: up to +40% peak RSS measured); and XLA compiles more slowly (+14-37% measured: its
 threads then share one arena's lock). A training run gains far more than it loses (README,
 Performance, "Host memory").
 
