@@ -10,9 +10,9 @@ MALLOC_TRIM_THRESHOLD_ alone do not help.
 
 `reuse_freed_memory()` asks glibc (`mallopt`) for one arena (the main heap, for every
 thread), no mmap, and no trimming below 2 GiB: freed blocks then go back to the heap and
-the next step reuses their pages (no faults after the first steps). The costs: the process
+the next step reuses their pages (few faults after the first steps). The costs: the process
 keeps its high-water mark of memory rather than handing it back, and more (one heap's
-holes: up to +40% peak RSS measured); and XLA compiles more slowly (+14-37% measured: its
+holes: peak RSS -10% to +86% measured); and XLA compiles more slowly (+14-37% measured: its
 threads then share one arena's lock). A training run gains far more than it loses (README,
 Performance, "Host memory").
 
