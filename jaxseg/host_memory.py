@@ -12,9 +12,9 @@ MALLOC_TRIM_THRESHOLD_ alone do not help.
 thread), no mmap, and no trimming below 2 GiB: freed blocks then go back to the heap and
 the next step reuses their pages (few faults after the first steps). The costs: the process
 keeps its high-water mark of memory rather than handing it back, and more (one heap's
-holes: peak RSS -10% to +86% measured); and XLA compiles more slowly (+14-37% measured: its
-threads then share one arena's lock). A training run gains far more than it loses (README,
-Performance, "Host memory").
+holes: peak RSS -10% to +86% measured); and XLA compiles more slowly (+14-37% measured;
+presumably its threads contending for the one arena's lock). A training run gains far
+more than it loses (README, Performance, "Host memory").
 
 It must run before JAX starts its CPU client (whose threads bind to arenas when they
 start); the command-line tools call it first thing (--reuse_host_memory, on by default).
