@@ -13,8 +13,10 @@ thread), no mmap, and no trimming below 2 GiB: freed blocks then go back to the 
 the next step reuses their pages (few faults after the first steps). The costs: the process
 keeps its high-water mark of memory rather than handing it back, and more (one heap's
 holes: peak RSS -10% to +86% measured); and XLA compiles more slowly (+14-37% measured;
-presumably its threads contending for the one arena's lock). A training run gains far
-more than it loses (README, Performance, "Host memory").
+presumably its threads contending for the one arena's lock); and each step spends about
+7% of its samples in malloc, whose search walks that heap's free chunks for the workspace
+oneDNN's GEMM allocates at every call. A training run gains more than it loses (README,
+Performance, "Host memory" and "Where the default step's time goes").
 
 It must run before JAX starts its CPU client (whose threads bind to arenas when they
 start); the command-line tools call it first thing (--reuse_host_memory, on by default).
