@@ -23,6 +23,7 @@ from absl import logging
 from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxseg import host_memory
 from jaxseg.errors import ConfigError
 from jaxseg.models.platforms import CPU_OPTIONS
 
@@ -104,6 +105,7 @@ class MeshParallel:
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         self._batch = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self._restore_sharding = self._replicated  # where orbax puts restored arrays
+        self._inline_dispatch = host_memory.dispatches_inline()
 
     def init_state(self, init_fn, rng):
         return jax.jit(init_fn, out_shardings=self._replicated)(rng)
@@ -130,10 +132,14 @@ class MeshParallel:
         return self.saveable(metrics)
 
     def put_batch(self, local_batch: dict) -> dict:
-        return jax.tree.map(
+        batch = jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self._batch, np.asarray(x)),
             local_batch,
         )
+        # With inline CPU dispatch (jaxseg/host_memory.py) a step whose inputs are still being
+        # copied runs on one of JAX's threads instead, whose malloc arena cannot keep its
+        # temporaries: wait here for the copy (the batch's bytes, once).
+        return jax.block_until_ready(batch) if self._inline_dispatch else batch
 
     def compile_train(self, train_step, compiler_options=None):
         """(state, batch, rng) -> (state, metrics): state donated, replicated; batch sharded.
