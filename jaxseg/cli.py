@@ -59,8 +59,9 @@ _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     host_memory.wanted(),
     "On CPU, keep freed host memory for reuse (glibc malloc: no mmap, no trimming; JAX runs"
     " single-device computations on the calling thread, whose arena keeps them), so that"
-    " XLA's per-step buffers stop page-faulting: faster steps, a higher peak RSS"
-    " (jaxseg/host_memory.py, README). $JAXSEG_REUSE_HOST_MEMORY=0 turns it off.",
+    " XLA's per-step buffers stop page-faulting: faster steps; the process keeps its"
+    " high-water mark of memory (jaxseg/host_memory.py, README)."
+    " $JAXSEG_REUSE_HOST_MEMORY=0 turns it off.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() with the cluster's auto-detection."

@@ -20,8 +20,9 @@ threads, so there every thread is given the main arena (one arena); that was the
 for every run before, and in one shared arena the workspaces' allocations walk its free
 chunks and wait on its lock (7% of the default step's samples) and compiling took 14-37%
 longer. The costs left: the process keeps its high-water mark of memory rather than
-handing it back; Python's own work between steps no longer overlaps a running step (under
-a millisecond in the training loop). Measured in README, Performance, "Host memory".
+handing it back; Python's own work between steps no longer overlaps a running step (the
+default config's training loop still ran at 99% and 105% of its bare step's rate,
+`benchmarks/loop_vs_step.py`). Measured in README, Performance, "Host memory".
 
 It must run before JAX starts its CPU client (whose threads bind to arenas when they
 start, and whose dispatch mode is fixed then); the command-line tools call it first thing
