@@ -197,6 +197,24 @@ def test_png_decoded_by_bands_equals_pil_whole(tmp_path, mode, monkeypatch):
         assert tallest == min(37, band_pixels // 53 + 1 if band_pixels > 1 else 2)
 
 
+def test_only_a_png_of_more_than_one_band_is_decoded_by_bands(tmp_path, monkeypatch):
+    """The band path re-compresses every band, so an image that fits in one band is decoded
+    whole by PIL (the faster path; its buffer is no larger than a band's)."""
+    path = tmp_path / "image.png"
+    pixels = _smooth(np.random.default_rng(2), 20, 30, 3)
+    Image.fromarray(pixels).save(path)
+    banded = []
+    original = images_module.read_png_by_bands
+    monkeypatch.setattr(
+        images_module, "read_png_by_bands", lambda *a: banded.append(a) or original(*a)
+    )
+    for band_pixels, by_bands in ((20 * 30, False), (20 * 30 - 1, True)):
+        banded.clear()
+        monkeypatch.setattr(images_module, "_PIXELS_PER_BAND", band_pixels)
+        np.testing.assert_array_equal(read_image(str(path)), pixels)
+        assert bool(banded) == by_bands, band_pixels
+
+
 def test_pngs_the_band_path_does_not_take_are_read_whole(tmp_path):
     """16-bit PNGs (scaled by a range) and PNGs with an EXIF orientation go through PIL."""
     from jaxseg.data.png_bands import read_png_by_bands

@@ -127,7 +127,10 @@ def read_image(path: str, intensity_range: tuple[float, float] | None = None) ->
     """
     with _open(path) as image:
         try:
-            if image.format == "PNG":  # no full-size decode buffer beside the array
+            # A PNG of more than one band is decoded by bands: no full-size decode buffer
+            # beside the array. One band or less PIL decodes whole, 3.5x faster (CamVid's
+            # 480x360: 3.7 against 13 ms), as the band path re-compresses each band.
+            if image.format == "PNG" and image.width * image.height > _PIXELS_PER_BAND:
                 array = read_png_by_bands(path, _PIXELS_PER_BAND)
                 if array is not None:
                     return array
