@@ -7,7 +7,8 @@ small PNG of its own that PIL decodes. A scanline's filter may refer to the row 
 every band after the first is given, as its first row, the previous band's last row
 unfiltered (filter type 0), which is dropped after decoding. Only 8-bit, non-interlaced
 PNGs without an eXIf chunk take this path; `read_png_by_bands` returns None for the others,
-which PIL reads whole.
+which PIL reads whole. `images.read_image` sends it only PNGs larger than one band: the
+re-compression makes this path slower, so it pays only where it saves a large copy.
 """
 
 import io
