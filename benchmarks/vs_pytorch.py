@@ -21,6 +21,7 @@ from torch import nn
 import jaxseg
 from jaxseg import host_memory
 from jaxseg.models.encoders.vgg import CAFFE
+from jaxseg.models.onednn_conv import onednn_convolutions
 from jaxseg.models.platforms import plain_lax_forms, xla_options
 from jaxseg.models.small_conv import conv_general_dilated
 from jaxseg.models.upsample import bilinear_filter
@@ -35,7 +36,9 @@ USAGE = """\
 
 Variants, run in one process and taken in turn (one step each per round, after a short
 pause, so load from other users of the machine hits them alike): "jax" (jaxseg as it is:
-every CPU rewrite in its CPU form), "jax-lax" (the same step traced with the plain lax
+every CPU rewrite in its CPU form), "jax-onednn" (the same, its convolutions run by oneDNN:
+`train.cpu_convolutions="onednn"`, jaxseg/models/onednn_conv.py), "jax-lax" (the same step
+traced with the plain lax
 forms, `jaxseg.models.platforms.plain_lax_forms`: XLA's own convolutions, transposed
 convolutions and kernel gradients, as before the CPU rewrites, compiled without
 jaxseg's XLA options), "torch" (the PyTorch eager twin
@@ -49,7 +52,7 @@ uses (the CPUs this process may run on). Reported: median images/s over the time
 per variant, and ratios of those medians from the same run.
 """
 
-VARIANTS = ("jax", "jax-lax", "torch", "torch-cl")
+VARIANTS = ("jax", "jax-onednn", "jax-lax", "torch", "torch-cl")
 DEFAULT_VARIANTS = ("jax", "jax-lax", "torch")
 # Pause before each timed step so the previous framework's idle worker threads stop spinning.
 SETTLE_SECONDS = 0.2
@@ -245,9 +248,9 @@ def jax_train_step(model, tx):
 
 class JaxRunner:
     """A compiled jaxseg train step and its state; `lax=True` traces the plain lax forms
-    (no CPU rewrite)."""
+    (no CPU rewrite), `onednn=True` runs its convolutions by oneDNN."""
 
-    def __init__(self, name, images, labels, lax=False):
+    def __init__(self, name, images, labels, lax=False, onednn=False):
         model_name, options, _, _ = BENCHMARKS[name]
         self.model = jaxseg.get_model(model_name, **options)
         variables = self.model.init(jax.random.key(0), jnp.zeros((1, *images.shape[1:])))
@@ -259,7 +262,8 @@ class JaxRunner:
         self.rng = jax.random.key(1)
         self.step_count = 0
         start = time.perf_counter()
-        with plain_lax_forms() if lax else contextlib.nullcontext():
+        forms = plain_lax_forms() if lax else contextlib.nullcontext()
+        with forms, onednn_convolutions() if onednn else contextlib.nullcontext():
             self.compiled = (
                 jax_train_step(self.model, tx)
                 .lower(
@@ -586,7 +590,9 @@ def run(name, variants, warmup, rounds):
         if variant.startswith("torch"):
             runners[variant] = TorchRunner(name, images, labels, variant == "torch-cl")
         else:
-            runners[variant] = JaxRunner(name, images, labels, lax=variant == "jax-lax")
+            runners[variant] = JaxRunner(
+                name, images, labels, lax=variant == "jax-lax", onednn=variant == "jax-onednn"
+            )
     counts = {v: r.num_params() for v, r in runners.items()}
     print(f"\n{name}: batch {batch} x {side}x{side}, parameters {counts}")
     if len(set(counts.values())) != 1:
@@ -611,10 +617,17 @@ def report(name, times, batch):
     medians = {v: statistics.median(t) for v, t in times.items()}
     for variant, median in medians.items():
         print(
-            f"  {variant:8s} median {batch / median:6.2f} img/s"
+            f"  {variant:10s} median {batch / median:6.2f} img/s"
             f"  (step {1e3 * median:7.0f} ms, {len(times[variant])} steps)"
         )
-    pairs = [("jax", "torch"), ("jax-lax", "torch"), ("jax", "jax-lax"), ("jax", "torch-cl")]
+    pairs = [
+        ("jax", "torch"),
+        ("jax-onednn", "torch"),
+        ("jax-lax", "torch"),
+        ("jax", "jax-lax"),
+        ("jax-onednn", "jax"),
+        ("jax", "torch-cl"),
+    ]
     for a, b in pairs:
         if a in medians and b in medians:
             print(f"  {a}/{b} throughput ratio {medians[b] / medians[a]:.2f}x")

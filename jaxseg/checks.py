@@ -82,6 +82,7 @@ RULES = {
     "train.keep_checkpoints": POSITIVE,
     "train.num_devices": ("0 (all) or a positive integer", NON_NEGATIVE[1]),
     "train.grid_examples": NON_NEGATIVE,
+    "train.cpu_convolutions": ('"xla" or "onednn"', lambda v: v in ("xla", "onednn")),
 }
 
 

@@ -29,6 +29,7 @@ from jaxseg.data.info import SegmentationInfo
 from jaxseg.errors import JaxsegError
 from jaxseg.inference.network import probability_network
 from jaxseg.inference.tiling import Predictor
+from jaxseg.models.platforms import portable_forms
 from jaxseg.models.unet import unet_tile_padding
 
 FORMAT, VERSION = "jaxseg-export", 1
@@ -114,7 +115,8 @@ def export_model(
     (batch,) = export.symbolic_shape("batch")
     specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
     tiles = jax.ShapeDtypeStruct((batch, *predictor.tile, 3), jnp.uint8)
-    exported = export.export(jax.jit(network), platforms=tuple(platforms))(specs, tiles)
+    with portable_forms():  # no call into a library of this XLA build
+        exported = export.export(jax.jit(network), platforms=tuple(platforms))(specs, tiles)
     manifest = {
         "format": FORMAT,
         "version": VERSION,

@@ -16,6 +16,7 @@ import logging
 import jax
 
 _PLAIN_LAX = contextvars.ContextVar("jaxseg_plain_lax_forms", default=False)
+_PORTABLE = contextvars.ContextVar("jaxseg_portable_forms", default=False)
 
 
 @contextlib.contextmanager
@@ -36,6 +37,23 @@ def plain_lax_forms():
 def tracing_plain_lax() -> bool:
     """Whether `per_platform` traces only the plain lax form now."""
     return _PLAIN_LAX.get()
+
+
+@contextlib.contextmanager
+def portable_forms():
+    """Within: no form that calls a library of this jaxlib's own build (XLA:CPU's oneDNN
+    convolution, `onednn_conv`), which another XLA build need not have: for functions that
+    are exported. The other per-platform forms are plain StableHLO and stay."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
+def tracing_portable() -> bool:
+    """Whether functions traced now must be portable (`portable_forms`, `plain_lax_forms`)."""
+    return _PORTABLE.get() or _PLAIN_LAX.get()
 
 
 def per_platform(*args, default, **forms):

@@ -30,10 +30,15 @@ import flax.linen as nn
 import jax
 
 from jaxseg.errors import ConfigError
+from jaxseg.models import onednn_conv
 
 REMAT_MODES = ("none", "blocks", "convs")
 
-_SAVED_BY_CONVS = (jax.lax.conv_general_dilated_p, jax.lax.dot_general_p)
+_SAVED_BY_CONVS = (
+    jax.lax.conv_general_dilated_p,
+    onednn_conv.convolution_p,
+    jax.lax.dot_general_p,
+)
 
 
 def _save_conv_outputs(primitive, *_, **__) -> bool:

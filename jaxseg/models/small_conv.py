@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxseg.models import onednn_conv
 from jaxseg.models.conv_kernel_grad import conv_gemm_gradients, kernel_outweighs_map, worth_it
 from jaxseg.models.platforms import per_platform
 
@@ -244,8 +245,17 @@ def conv_general_dilated(
             return _im2col_conv(lhs, rhs, tuple(window_strides), pads, dilation, precision)
 
         return per_platform(lhs, rhs, cpu=im2col, default=reference)
-    gemm_input = kernel_outweighs_map(rhs.shape, out_shape)
-    if tuple(window_strides) != (1, 1) or not (gemm_input or worth_it(rhs.shape, pads, dilation)):
+    stride_1 = tuple(window_strides) == (1, 1)
+    gemm_input = stride_1 and kernel_outweighs_map(rhs.shape, out_shape)
+    gemm_kernel = stride_1 and worth_it(rhs.shape, pads, dilation)
+    if not gemm_input and onednn_conv.usable(lhs, rhs, pads):
+
+        def onednn(lhs, rhs):
+            strides = tuple(window_strides)
+            return onednn_conv.conv_with_onednn(lhs, rhs, strides, pads, dilation, gemm_kernel)
+
+        return per_platform(lhs, rhs, cpu=onednn, default=reference)
+    if not (gemm_input or gemm_kernel):
         return reference(lhs, rhs)
 
     def gemm_gradients(lhs, rhs):

@@ -12,7 +12,7 @@ import ml_collections
 from jaxseg.checks import check_against_data
 from jaxseg.config import import_modules, validate_config
 from jaxseg.data import load_dataset
-from jaxseg.models import SegmentationModel, get_model
+from jaxseg.models import SegmentationModel, get_model, onednn_conv
 from jaxseg.models.platforms import xla_options
 from jaxseg.models.remat import compiler_options
 from jaxseg.run import parallel
@@ -72,6 +72,10 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     if config.train.skip_nonfinite_steps:
         step_fn = skipping_nonfinite(step_fn)
     eval_fn = functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
+    eval_fn = layout.compile_eval(eval_fn, xla_options())
+    step_fn = layout.compile_train(step_fn, step_options(model.remat))
+    if config.train.cpu_convolutions == "onednn":  # traced and compiled within the context
+        eval_fn, step_fn = map(onednn_conv.with_onednn_convolutions, (eval_fn, step_fn))
     return Run(
         config=config,
         sources=sources,
@@ -80,6 +84,6 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
         layout=layout,
         optimizer=optimizer,
         task=task,
-        eval_step=layout.compile_eval(eval_fn, xla_options()),
-        train_step=layout.compile_train(step_fn, step_options(model.remat)),
+        eval_step=eval_fn,
+        train_step=step_fn,
     )
