@@ -494,8 +494,9 @@ def unet_conv_shapes(name):
 
 
 def compare_conv_kernels(name, repeats=3):
-    """Prints XLA's, jaxseg's (its CPU forms and XLA options) and PyTorch's (oneDNN) time for
-    a U-Net benchmark's 3x3 convolutions.
+    """Prints XLA's, jaxseg's (its CPU forms and XLA options; and those with oneDNN's
+    convolutions, `onednn_convolutions`) and PyTorch's (oneDNN) time for a U-Net benchmark's
+    3x3 convolutions.
 
     Forward, input gradient and kernel gradient of each conv are timed in turn (medians of
     `repeats`) and summed over the model's convs.
@@ -538,27 +539,42 @@ def compare_conv_kernels(name, repeats=3):
             ("jaxseg", "kernel gradient"): jax.jit(
                 lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[1], compiler_options=options
             ),
+            # the same, traced and compiled with oneDNN's convolutions (at the first call)
+            ("onednn", "forward"): jax.jit(jaxseg_conv, compiler_options=options),
+            ("onednn", "input gradient"): jax.jit(
+                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[0], compiler_options=options
+            ),
+            ("onednn", "kernel gradient"): jax.jit(
+                lambda x, k, g: jax.vjp(jaxseg_conv, x, k)[1](g)[1], compiler_options=options
+            ),
             ("torch", "forward"): lambda inputs, weight, _: F.conv2d(inputs, weight, padding=1),
             ("torch", "input gradient"): torch_backward([True, False, False]),
             ("torch", "kernel gradient"): torch_backward([False, True, False]),
         }
         arguments = {"xla": (jx, jk, jg), "jaxseg": (jx, jk, jg), "torch": (tx, tk, tg)}
+        arguments["onednn"] = arguments["jaxseg"]
         times = collections.defaultdict(list)
         for _ in range(repeats + 1):
             for (library, part), function in kernels.items():
                 args = arguments[library][: 2 if library != "torch" and part == "forward" else 3]
-                start = time.perf_counter()
-                jax.block_until_ready(function(*args))
-                times[library, part].append(time.perf_counter() - start)
+                within = onednn_convolutions() if library == "onednn" else contextlib.nullcontext()
+                with within:
+                    start = time.perf_counter()
+                    jax.block_until_ready(function(*args))
+                    times[library, part].append(time.perf_counter() - start)
         for key, values in times.items():
             totals[key] += statistics.median(values[1:])  # the first call compiles
     print(f"\n3x3 convolutions of {name}, summed over its {len(unet_conv_shapes(name))} convs:")
     for part in ("forward", "input gradient", "kernel gradient"):
-        xla, ours, onednn = (totals[library, part] for library in ("xla", "jaxseg", "torch"))
+        xla, ours, with_onednn, torch_time = (
+            totals[library, part] for library in ("xla", "jaxseg", "onednn", "torch")
+        )
         print(
             f"  {part:16s} XLA {1e3 * xla:6.0f} ms   jaxseg {1e3 * ours:6.0f} ms"
-            f"   PyTorch {1e3 * onednn:6.0f} ms   XLA/PyTorch time {xla / onednn:.2f}x"
-            f"   jaxseg/PyTorch time {ours / onednn:.2f}x"
+            f"   jaxseg with oneDNN {1e3 * with_onednn:6.0f} ms"
+            f"   PyTorch {1e3 * torch_time:6.0f} ms   XLA/PyTorch time {xla / torch_time:.2f}x"
+            f"   jaxseg/PyTorch time {ours / torch_time:.2f}x"
+            f"   with oneDNN/PyTorch time {with_onednn / torch_time:.2f}x"
         )
 
 

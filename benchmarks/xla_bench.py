@@ -6,6 +6,7 @@
     python benchmarks/xla_bench.py --model unet --size 256,256 --batch 8 --remat none blocks
     python benchmarks/xla_bench.py --config configs/default.py --profile /tmp/trace
     python benchmarks/xla_bench.py --config configs/camvid_segformer_b0.py --mode train --top-ops 8
+    python benchmarks/xla_bench.py --config configs/default.py --cpu-convolutions onednn
 
 Each config is built as training builds it (`jaxseg.run.build.build_run`, "mesh" data
 parallelism over the config's devices) and benchmarked, on synthetic data of the config's
@@ -23,6 +24,8 @@ them); a model that pads its input (the original U-Net) gets the padded tile. A 
 instead of a config benchmarks that model's defaults on the built-in shapes (64x64,
 batch 16, 5 classes). `--dtype` and `--remat` override `config.model.dtype` /
 `config.model.remat`; given several values, each config runs with each, in turn.
+`--cpu-convolutions onednn` sets `config.train.cpu_convolutions`: both modes are traced and
+compiled with oneDNN's convolutions on CPU (jaxseg/models/onednn_conv.py).
 
 Reported per config and mode (JSON lines as each finishes, then a markdown table):
   compile_s         `jax.jit(...).lower(...)` plus `.compile()`, seconds.
@@ -91,6 +94,7 @@ from jaxseg.config import (
     use_shapes_data,
 )
 from jaxseg.inference.network import probabilities
+from jaxseg.models.onednn_conv import onednn_convolutions
 from jaxseg.models.platforms import xla_options
 from jaxseg.run import build_run
 from jaxseg.run.state import count_params
@@ -328,6 +332,8 @@ def prepared_config(target: Target, args, dtype: str | None, remat: str | None):
         config.model.remat = remat
     if args.batch:
         config.data.batch_size = args.batch
+    if args.cpu_convolutions:
+        config.train.cpu_convolutions = args.cpu_convolutions
     config.data.eval_batch_size = config.data.batch_size  # both modes take the train batch
     config.data.augment.crop_size = input_sizes(config, args.size)
     return config
@@ -352,7 +358,9 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
         "remat": getattr(run.model, "remat", "none"),
         "params": count_params(state.params),
         "devices": run.layout.num_devices,
+        "cpu_convolutions": config.train.cpu_convolutions,
     }
+    onednn = config.train.cpu_convolutions == "onednn"
     records = []
     for mode in sorted(modes, key=("inference", ONNX_MODE, "train").index):
         if mode == ONNX_MODE:
@@ -364,7 +372,7 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
             records.append(record)
             continue
         if mode == "train":
-            function = run.train_step
+            function = run.train_step.__wrapped__ if onednn else run.train_step  # the jitted
             # build_run compiles the step with jaxseg's XLA options (platforms.py) and those
             # its remat needs (remat.py).
             arguments = (state, run.layout.put_batch(host_batch), run.step_rng)
@@ -381,10 +389,11 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
         )
         slug = f"{_slug(name)}-{mode}-{common['dtype']}-remat_{common['remat']}"
         profile_dir = args.profile and os.path.join(args.profile, slug)
-        try:
-            record = measure(
-                function, arguments, mode == "train", common["dtype"], args, profile_dir
-            )
+        try:  # with oneDNN's convolutions, traced and compiled within their context
+            with onednn_convolutions() if onednn else contextlib.nullcontext():
+                record = measure(
+                    function, arguments, mode == "train", common["dtype"], args, profile_dir
+                )
         except BenchError as error:
             raise BenchError(f"{what} {error}") from error
         except Exception as error:
@@ -591,6 +600,12 @@ def parse_args(argv=None):
         choices=("none", "blocks", "convs"),
         help="rematerialisation(s) (default: the config's); several are run in turn",
     )
+    parser.add_argument(
+        "--cpu-convolutions",
+        choices=("xla", "onednn"),
+        help="train.cpu_convolutions (default: the config's): onednn runs the convolutions of"
+        " both modes by oneDNN on CPU (jaxseg/models/onednn_conv.py)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--profile", metavar="DIR", help="jax.profiler trace of the timed steps")
@@ -631,6 +646,7 @@ def main(argv=None) -> int:
             # Recipes that differ only in training (staged FCNs) benchmark the same step.
             key = json.dumps(
                 [config.model.to_dict(), config.data.name, config.data.batch_size]
+                + [config.train.cpu_convolutions]
                 + [tuple(config.data.augment.crop_size), config.loss.use_pixel_weights],
                 sort_keys=True,
                 default=str,

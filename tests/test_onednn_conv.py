@@ -115,6 +115,11 @@ def test_only_within_the_context_and_never_where_it_cannot_go():
 
         assert _calls(grouped, x, depthwise) == 0
         assert _calls(conv, x[:, :3, :3], kernel) == 0
+        # A kernel with at least as many outputs as the map has positions (VGG's fc6 and fc7
+        # in FCN, the U-Net's bottom level): oneDNN reorders the kernel at every call.
+        wide = jnp.zeros((3, 3, 8, 198), jnp.float32)  # 2 x 9 x 11 = 198 positions
+        assert _calls(conv, x, wide) == 0
+        assert _calls(conv, x, wide[..., :197]) == 1
     # export.py traces within portable_forms (another XLA need not have the call).
     with onednn_convolutions(), portable_forms():
         exported = export.export(jax.jit(conv), platforms=("cpu",))(x, kernel)

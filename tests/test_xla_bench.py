@@ -93,6 +93,15 @@ def test_dtypes_and_remats_run_in_turn(data_dir, capsys):
     assert records[1]["temporaries_mib"] < 0.8 * records[0]["temporaries_mib"]
 
 
+def test_onednn_convolutions_are_a_row_of_their_own(data_dir, capsys):
+    argv = ["--config", f"{TINY_CONFIG}:{data_dir}", *FAST, "--mode", "train"]
+    assert xla_bench.main(argv) == 0
+    assert xla_bench.main([*argv, "--cpu-convolutions", "onednn"]) == 0
+    records, _ = _records(capsys)
+    assert [r["cpu_convolutions"] for r in records] == ["xla", "onednn"]
+    assert all(r["step_ms"] > 0 and "error" not in r for r in records)
+
+
 def test_a_model_name_is_benchmarked_on_shapes(data_dir, monkeypatch, capsys):
     def small_shapes(config):
         xla_bench_shapes(config, image_size=32, num_train=8, num_validation=4, num_test=4)

@@ -17,6 +17,10 @@ Only forward convolutions are offered (`forward_inference`), so:
   the dimension numbers (no copy);
 - the kernel gradient stays XLA's (as a forward convolution oneDNN took 1.4 s where XLA
   takes 5 ms: its window is the whole image), or the GEMM of `conv_kernel_grad`.
+oneDNN reorders the kernel into its blocked layout at every call, which costs most where the
+kernel outweighs the map (the paper U-Net's 8x8x1024 -> 1024: input gradient 29 -> 54 ms;
+FCN's fc6, 411 MB): `small_conv` gives it only convolutions whose output has more positions
+than the kernel has outputs.
 
 It is opt-in: only functions traced within `onednn_convolutions()` use it (the trainer's and
 evaluator's steps with `train.cpu_convolutions="onednn"`), because XLA cannot store an

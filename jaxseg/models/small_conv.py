@@ -197,6 +197,9 @@ def conv_general_dilated(
     enough outputs (`conv_kernel_grad.worth_it`), is XLA's convolution with the kernel
     gradient as one GEMM; a stride-1 one without groups with at least as many output channels
     as output positions (`conv_kernel_grad.kernel_outweighs_map`) has both gradients as GEMMs.
+    Within `onednn_conv.onednn_convolutions()`, one without groups with more output
+    positions than output channels is oneDNN's (`onednn_conv.conv_with_onednn`, its kernel
+    gradient the GEMM where `worth_it`) where `onednn_conv.usable`.
     All compute the same sums in another order (equal to float rounding).
     """
 
@@ -248,7 +251,9 @@ def conv_general_dilated(
     stride_1 = tuple(window_strides) == (1, 1)
     gemm_input = stride_1 and kernel_outweighs_map(rhs.shape, out_shape)
     gemm_kernel = stride_1 and worth_it(rhs.shape, pads, dilation)
-    if not gemm_input and onednn_conv.usable(lhs, rhs, pads):
+    positions = out_shape[0] * out_shape[1] * out_shape[2]
+    map_outweighs_kernel = isinstance(positions, int) and positions > rhs.shape[-1]
+    if map_outweighs_kernel and onednn_conv.usable(lhs, rhs, pads):
 
         def onednn(lhs, rhs):
             strides = tuple(window_strides)
