@@ -2,6 +2,7 @@
 same config again compiles nothing (JAX's own cache-miss log, JAX_EXPLAIN_CACHE_MISSES)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -46,3 +47,25 @@ def test_the_cache_directory_comes_from_the_environment_and_an_empty_flag_turns_
     assert off.returncode == 0, off.stderr[-3000:]
     assert not (tmp_path / "unused").exists()
     assert MISS not in off.stderr  # misses are only explained when a cache is on
+
+
+def test_with_onednn_convolutions_only_their_steps_compile_again(data_dir, tmp_path):
+    # XLA cannot serialize an executable holding oneDNN's convolutions: jaxseg writes none
+    # (no failed write warned about), and the second run compiles those steps (and the
+    # one-convolution probe of onednn_conv.available) again, nothing else.
+    cache, onednn = (
+        f"--compilation_cache={tmp_path / 'cache'}",
+        "--config.train.cpu_convolutions=onednn",
+    )
+    first = _train(data_dir, tmp_path / "first", cache, onednn)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Error writing persistent compilation cache" not in first.stderr
+    second = _train(data_dir, tmp_path / "second", cache, onednn)
+    assert second.returncode == 0, second.stderr[-3000:]
+    missed = re.findall(rf"{MISS} for '([^']+)'", second.stderr)
+    assert sorted(missed) == [
+        "jit_eval_step",
+        "jit_onednn_probe",
+        "jit_train_step",
+        "jit_xla_probe",
+    ]

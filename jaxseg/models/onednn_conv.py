@@ -220,15 +220,16 @@ def available() -> bool:
     kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
     window = dict(strides=(1, 1), pads=((1, 1), (0, 2)), dilation=(1, 1))
 
-    def ours(x, kernel):
+    def onednn_probe(x, kernel):
         return convolution(x, kernel, **window)
 
-    def xla(x, kernel):
+    def xla_probe(x, kernel):
         return _lax_convolution(x, kernel, dimension_numbers=_numbers(x, kernel), **window)
 
     try:
         with _not_cached():
-            got, want = _run_on_cpu(ours, x, kernel), _run_on_cpu(xla, x, kernel)
+            got = _run_on_cpu(onednn_probe, x, kernel)
+            want = _run_on_cpu(xla_probe, x, kernel)
         if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
             raise ValueError(f"its result differs from XLA's by {np.abs(got - want).max()}")
     except Exception as error:  # a jaxlib without oneDNN (e.g. ARM builds), or a changed config
