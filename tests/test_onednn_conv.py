@@ -189,3 +189,12 @@ def test_the_trainer_uses_it_when_the_config_asks(data_dir):
     config.train.cpu_convolutions = "mkldnn"
     with pytest.raises(ConfigError, match="train.cpu_convolutions"):
         build_run(config)
+
+
+def test_under_vmap_it_is_xlas_convolution_vmapped():
+    x, kernel = _inputs((9, 11, 5), (3, 3, 6))
+    conv = _conv(conv_general_dilated, 1, "SAME", 1)
+    want = _conv(lax.conv_general_dilated, 1, "SAME", 1)(x, kernel)
+    with onednn_convolutions():
+        got = jax.jit(jax.vmap(conv, in_axes=(0, None)))(x[:, None], kernel)
+    np.testing.assert_allclose(got[:, 0], want, rtol=1e-5, atol=1e-4)
