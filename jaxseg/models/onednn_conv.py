@@ -53,7 +53,7 @@ from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import batching, mlir
 
 from jaxseg.models.conv_kernel_grad import kernel_gradient
-from jaxseg.models.platforms import tracing_portable
+from jaxseg.models.platforms import switched_on, tracing_portable
 
 TARGET = "__onednn$convolution"
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -66,12 +66,8 @@ def onednn_convolutions():
     """Within: convolutions traced here use oneDNN where `usable`, and what is compiled here
     is not written to JAX's persistent compilation cache (module docstring: XLA cannot
     serialize the call)."""
-    token = _ON.set(True)
-    try:
-        with _not_cached():
-            yield
-    finally:
-        _ON.reset(token)
+    with switched_on(_ON), _not_cached():
+        yield
 
 
 def _not_cached():

@@ -20,6 +20,15 @@ _PORTABLE = contextvars.ContextVar("jaxseg_portable_forms", default=False)
 
 
 @contextlib.contextmanager
+def switched_on(switch: contextvars.ContextVar):
+    """Within: the boolean context variable `switch` is True; restored on the way out."""
+    token = switch.set(True)
+    try:
+        yield
+    finally:
+        switch.reset(token)
+
+
 def plain_lax_forms():
     """Within: `per_platform` traces only its `default` (plain lax) form, and `xla_options`
     gives none (XLA as it is).
@@ -27,11 +36,7 @@ def plain_lax_forms():
     Only functions traced inside are affected: a function jitted and traced before keeps
     its per-platform form (convert a fresh function).
     """
-    token = _PLAIN_LAX.set(True)
-    try:
-        yield
-    finally:
-        _PLAIN_LAX.reset(token)
+    return switched_on(_PLAIN_LAX)
 
 
 def tracing_plain_lax() -> bool:
@@ -39,16 +44,11 @@ def tracing_plain_lax() -> bool:
     return _PLAIN_LAX.get()
 
 
-@contextlib.contextmanager
 def portable_forms():
     """Within: no form that calls a library of this jaxlib's own build (XLA:CPU's oneDNN
     convolution, `onednn_conv`), which another XLA build need not have: for functions that
     are exported. The other per-platform forms are plain StableHLO and stay."""
-    token = _PORTABLE.set(True)
-    try:
-        yield
-    finally:
-        _PORTABLE.reset(token)
+    return switched_on(_PORTABLE)
 
 
 def tracing_portable() -> bool:
