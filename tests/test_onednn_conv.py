@@ -14,7 +14,7 @@ from jax import export, lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxseg.errors import ConfigError
-from jaxseg.models import onednn_conv
+from jaxseg.models import onednn_conv, onednn_kernel_grad
 from jaxseg.models.onednn_conv import onednn_convolutions
 from jaxseg.models.platforms import plain_lax_forms, portable_forms, xla_options
 from jaxseg.models.remat import _save_conv_outputs
@@ -22,6 +22,7 @@ from jaxseg.models.small_conv import conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 CALL = re.compile(r'custom_call_target="__onednn\$convolution"')
+KERNEL_GRADIENT_CALL = re.compile(r'custom_call_target="jaxseg_onednn_kernel_gradient"')
 
 # (input (H, W, C), kernel (kh, kw, O), stride, padding, dilation, oneDNN calls in forward +
 # backward): the convolutions jaxseg's models run on maps larger than 4x4.
@@ -170,7 +171,7 @@ def test_the_trainer_uses_it_when_the_config_asks(data_dir):
 
     from jaxseg.run import build_run
 
-    losses, calls = {}, {}
+    losses, calls, kernel_gradients = {}, {}, {}
     for choice in ("xla", "onednn"):
         config = tiny_config(data_dir)
         config.train.num_devices = 1  # one device: a mesh of several keeps XLA's convolutions
@@ -182,9 +183,13 @@ def test_the_trainer_uses_it_when_the_config_asks(data_dir):
         with onednn_convolutions() if choice == "onednn" else contextlib.nullcontext():
             text = step.lower(state, batch, run.step_rng).compile().as_text()
         calls[choice] = len(CALL.findall(text))
+        kernel_gradients[choice] = len(KERNEL_GRADIENT_CALL.findall(text))
         _, metrics = run.train_step(state, batch, run.step_rng)
         losses[choice] = float(metrics["loss_sum"])
     assert calls["xla"] == 0 and calls["onednn"] > 0
+    # With jaxseg[onednn] (the test extra), oneDNN's kernel gradients too.
+    assert kernel_gradients["xla"] == 0
+    assert (kernel_gradients["onednn"] > 0) == onednn_kernel_grad.available()
     assert losses["onednn"] == pytest.approx(losses["xla"], rel=1e-4)
     config.train.cpu_convolutions = "mkldnn"
     with pytest.raises(ConfigError, match="train.cpu_convolutions"):

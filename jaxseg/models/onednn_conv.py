@@ -52,8 +52,9 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import batching, mlir
 
+from jaxseg.models import onednn_kernel_grad
 from jaxseg.models.conv_kernel_grad import kernel_gradient
-from jaxseg.models.platforms import switched_on, tracing_portable
+from jaxseg.models.platforms import partitioned, run_on_cpu, switched_on, tracing_portable
 
 TARGET = "__onednn$convolution"
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -159,19 +160,8 @@ def _config(dimension_numbers, strides, pads, dilation) -> str:
     return json.dumps({"onednn_conv_config": config})
 
 
-def _partitioned(ctx) -> bool:
-    """Whether XLA's partitioner splits the program being lowered over several devices (a jit
-    over a mesh, a shard_map's automatic axes); not one device's own program (pmap's, a
-    shard_map's fully manual one)."""
-    context = ctx.module_context.axis_context
-    mesh = getattr(context, "mesh", None)
-    if mesh is not None:  # inside shard_map: manual axes are per device
-        return any(mesh.shape[a] > 1 for a in mesh.axis_names if a not in context.manual_axes)
-    return getattr(context, "num_devices", 1) > 1
-
-
 def _lower_cpu(ctx, x, kernel, *, dimension_numbers, strides, pads, dilation):
-    if _partitioned(ctx):
+    if partitioned(ctx):
         return mlir.lower_fun(_lax_convolution, multiple_results=False)(
             ctx,
             x,
@@ -224,21 +214,14 @@ def available() -> bool:
 
     try:
         with _not_cached():
-            got = _run_on_cpu(onednn_probe, x, kernel)
-            want = _run_on_cpu(xla_probe, x, kernel)
+            got = run_on_cpu(onednn_probe, x, kernel)
+            want = run_on_cpu(xla_probe, x, kernel)
         if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
             raise ValueError(f"its result differs from XLA's by {np.abs(got - want).max()}")
     except Exception as error:  # a jaxlib without oneDNN (e.g. ARM builds), or a changed config
         logging.info("XLA:CPU's oneDNN convolution is not used: %s", error)
         return False
     return True
-
-
-def _run_on_cpu(function, *arrays) -> np.ndarray:
-    """Compiles and runs `function` on the CPU now, also while another function is traced."""
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu) for a in arrays]
-    return np.asarray(jax.jit(function).lower(*specs).compile()(*arrays))
 
 
 def _numbers(x, kernel):
@@ -300,7 +283,9 @@ def _backward(strides, pads, dilation, gemm_kernel_gradient, residuals, dy):
         dx = convolution(dy, turned, (1, 1), back_pads, dilation, ("NHWC", "HWOI", "NHWC"))
     else:
         dx = jax.vjp(lambda x: xla(x, kernel), x)[1](dy)[0]
-    if gemm_kernel_gradient:
+    if onednn_kernel_grad.usable(x, dy):
+        dkernel = onednn_kernel_grad.kernel_gradient(x, dy, kernel.shape, strides, pads, dilation)
+    elif gemm_kernel_gradient:
         dkernel = kernel_gradient(x, dy, kernel.shape, pads, dilation)
     else:
         dkernel = jax.vjp(lambda kernel: xla(x, kernel), kernel)[1](dy)[0]

@@ -1,0 +1,221 @@
+"""onednn_kernel_grad: oneDNN's convolution kernel gradient, called from XLA:CPU by a custom
+call; equal to XLA's, kept out of programs it cannot go in, stored in JAX's persistent
+cache, and loud (NaN and a logged error) when it fails at run time."""
+
+import importlib.metadata
+import logging
+import platform
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxseg.models import onednn_kernel_grad
+from jaxseg.models.onednn_kernel_grad import kernel_gradient
+
+CALL = re.compile(r'custom_call_target="jaxseg_onednn_kernel_gradient"')
+
+try:
+    importlib.metadata.version(onednn_kernel_grad.DISTRIBUTION)
+    INSTALLED = True
+except importlib.metadata.PackageNotFoundError:
+    INSTALLED = False
+needs_library = pytest.mark.skipif(
+    not INSTALLED, reason=f"{onednn_kernel_grad.DISTRIBUTION} is not installed (jaxseg[onednn])"
+)
+
+# (input (H, W, C), kernel (kh, kw, O), strides, pads, dilation): the windows of jaxseg's
+# models (3x3 same / valid / strided / dilated, ResNet's 7x7 stem, 1x1, uneven padding).
+WINDOWS = [
+    pytest.param((9, 11, 5), (3, 3, 7), (1, 1), ((1, 1), (1, 1)), (1, 1), id="3x3-same"),
+    pytest.param((12, 10, 4), (3, 3, 6), (1, 1), ((0, 0), (0, 0)), (1, 1), id="3x3-valid"),
+    pytest.param((11, 9, 5), (3, 3, 8), (2, 2), ((1, 1), (1, 1)), (1, 1), id="3x3-stride2"),
+    pytest.param((16, 14, 5), (3, 3, 6), (1, 1), ((2, 2), (2, 2)), (2, 2), id="3x3-dilated2"),
+    pytest.param((15, 13, 3), (7, 7, 8), (2, 2), ((3, 3), (3, 3)), (1, 1), id="7x7-stem"),
+    pytest.param((10, 10, 4), (1, 1, 40), (1, 1), ((0, 0), (0, 0)), (1, 1), id="1x1"),
+    pytest.param((9, 8, 5), (3, 3, 7), (1, 1), ((0, 1), (2, 0)), (1, 1), id="uneven-pads"),
+]
+
+
+def _operands(input_shape, kernel_shape, strides, pads, dilation, seed=0):
+    """(x, dy, the kernel's shape) for a convolution of this window."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, *input_shape)).astype(np.float32)
+    kh, kw, outputs = kernel_shape
+    full_kernel_shape = (kh, kw, input_shape[-1], outputs)
+    out = jax.eval_shape(
+        lambda x, k: lax.conv_general_dilated(
+            x, k, strides, pads, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        ),
+        x,
+        jnp.zeros(full_kernel_shape),
+    )
+    dy = rng.normal(size=out.shape).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(dy), full_kernel_shape
+
+
+def _xla(x, dy, kernel_shape, strides, pads, dilation):
+    return onednn_kernel_grad._xla_kernel_gradient(
+        x, dy, kernel_shape=kernel_shape, strides=strides, pads=pads, dilation=dilation
+    )
+
+
+def _calls(function, *args) -> int:
+    return len(CALL.findall(jax.jit(function).lower(*args).compile().as_text()))
+
+
+@needs_library
+def test_the_library_loads_and_its_gradient_is_available():
+    if platform.machine() != "x86_64" or sys.platform != "linux":
+        pytest.skip("the wheel is for x86-64 Linux")
+    assert onednn_kernel_grad.library() is not None
+    assert onednn_kernel_grad.available()
+
+
+@needs_library
+@pytest.mark.parametrize("input_shape, kernel_shape, strides, pads, dilation", WINDOWS)
+def test_values_equal_xlas(input_shape, kernel_shape, strides, pads, dilation):
+    x, dy, full = _operands(input_shape, kernel_shape, strides, pads, dilation)
+    assert onednn_kernel_grad.usable(x, dy)
+
+    def ours(x, dy):
+        return kernel_gradient(x, dy, full, strides, pads, dilation)
+
+    assert _calls(ours, x, dy) == 1
+    got = jax.jit(ours)(x, dy)
+    want = np.asarray(
+        jax.jit(_xla, static_argnums=(2, 3, 4, 5))(x, dy, full, strides, pads, dilation)
+    )
+    # The same products summed in another order: float32 rounding apart; a wrong tap, offset
+    # or axis is off by the values' own size.
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+@needs_library
+def test_a_mesh_vmap_and_other_dtypes_get_xlas_gradient():
+    devices = jax.devices()
+    assert len(devices) == 4  # conftest's fake CPU devices
+    window = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    x, dy, full = _operands((9, 11, 5), (3, 3, 6), *window)
+    x, dy = jnp.concatenate([x, x + 1]), jnp.concatenate([dy, -dy])  # batch 4
+    want = np.asarray(_xla(x, dy, full, *window))
+
+    def ours(x, dy):
+        return kernel_gradient(x, dy, full, *window)
+
+    # XLA's partitioner cannot split a custom call it does not know.
+    mesh = NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
+    sharded_x, sharded_dy = jax.device_put(x, mesh), jax.device_put(dy, mesh)
+    assert _calls(ours, sharded_x, sharded_dy) == 0
+    np.testing.assert_allclose(jax.jit(ours)(sharded_x, sharded_dy), want, rtol=1e-4, atol=1e-3)
+    # pmap's per-device programs keep it.
+    mapped = jax.pmap(ours)
+    assert len(CALL.findall(mapped.lower(x[:, None], dy[:, None]).compile().as_text())) == 1
+    per_image = mapped(x[:, None], dy[:, None])
+    np.testing.assert_allclose(per_image.sum(0), want, rtol=1e-4, atol=1e-3)
+    # vmap: XLA's, vmapped.
+    got = jax.jit(jax.vmap(ours))(x[:, None], dy[:, None])
+    np.testing.assert_allclose(got.sum(0), want, rtol=1e-4, atol=1e-3)
+    assert not onednn_kernel_grad.usable(x.astype(jnp.bfloat16), dy.astype(jnp.bfloat16))
+
+
+@needs_library
+def test_a_convolution_onednn_refuses_gets_xlas_gradient(monkeypatch, caplog):
+    window = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    x, dy, full = _operands((9, 7, 3), (3, 3, 5), *window)
+
+    def refuse(self, spec):
+        raise onednn_kernel_grad.OneDnnError("oneDNN's backward descriptor returned status 3")
+
+    monkeypatch.setattr(onednn_kernel_grad._KernelGradient, "__init__", refuse)
+    monkeypatch.setattr(onednn_kernel_grad, "_primitives", {})
+
+    def ours(x, dy):
+        return kernel_gradient(x, dy, full, *window)
+
+    with caplog.at_level(logging.INFO):
+        assert _calls(ours, x, dy) == 0
+    assert "XLA's kernel gradient for" in caplog.text and "status 3" in caplog.text
+    np.testing.assert_allclose(jax.jit(ours)(x, dy), _xla(x, dy, full, *window), rtol=1e-5)
+
+
+@needs_library
+def test_only_onednns_direct_kernels_are_taken():
+    # Padded beyond the kernel's reach (FCN's first layer), oneDNN picks its im2col GEMM form,
+    # which crashed on XLA's threads: XLA's kernel gradient (small_conv: the GEMM) instead.
+    window = ((1, 1), ((5, 5), (5, 5)), (1, 1))
+    x, dy, full = _operands((12, 12, 3), (3, 3, 16), *window)
+
+    def ours(x, dy):
+        return kernel_gradient(x, dy, full, *window)
+
+    assert _calls(ours, x, dy) == 0
+    np.testing.assert_allclose(jax.jit(ours)(x, dy), _xla(x, dy, full, *window), rtol=1e-5)
+    same = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    x, dy, full = _operands((12, 12, 3), (3, 3, 16), *same)
+    spec = onednn_kernel_grad._spec(x.shape, dy.shape, full, *same)
+    assert onednn_kernel_grad._primitive(spec).implementation.startswith("jit")
+
+
+@needs_library
+def test_a_call_that_fails_at_run_time_gives_nan_and_logs_why(monkeypatch, caplog):
+    window = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    x, dy, full = _operands((9, 7, 3), (3, 3, 5), *window)
+
+    def ours(x, dy):
+        return kernel_gradient(x, dy, full, *window)
+
+    compiled = jax.jit(ours).lower(x, dy).compile()  # its primitives are made here
+
+    def fail(self, *addresses):
+        raise onednn_kernel_grad.OneDnnError("oneDNN's execute returned status 5")
+
+    monkeypatch.setattr(onednn_kernel_grad._KernelGradient, "__call__", fail)
+    with caplog.at_level(logging.ERROR):
+        got = np.asarray(compiled(x, dy))
+    assert np.isnan(got).all()
+    assert "oneDNN's kernel gradient failed" in caplog.text and "status 5" in caplog.text
+
+
+@needs_library
+def test_a_program_holding_it_is_cached_and_read_back(tmp_path):
+    # XLA's own oneDNN thunk cannot be serialized (onednn_conv); this custom call can: a second
+    # process reads the program from JAX's persistent cache and it computes the same.
+    script = textwrap.dedent(
+        f"""
+        import jax, jax.numpy as jnp, numpy as np
+        jax.config.update("jax_compilation_cache_dir", {str(tmp_path)!r})
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        hits = []
+        jax.monitoring.register_event_listener(
+            lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None
+        )
+        from jaxseg.models.onednn_kernel_grad import kernel_gradient, usable
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=(2, 9, 7, 3)).astype(np.float32))
+        dy = jnp.asarray(rng.normal(size=(2, 9, 7, 5)).astype(np.float32))
+        assert usable(x, dy)
+        window = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+        f = jax.jit(lambda x, dy: kernel_gradient(x, dy, (3, 3, 3, 5), *window))
+        assert "jaxseg_onednn_kernel_gradient" in f.lower(x, dy).as_text()
+        print(len(hits), float(jnp.sum(f(x, dy) ** 2)))
+        """
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "Error writing persistent compilation cache entry" not in run.stderr
+    first, second = (run.stdout.split() for run in runs)
+    assert int(second[0]) > int(first[0])  # the kernel-gradient program was a cache hit
+    assert float(second[1]) == pytest.approx(float(first[1]), rel=1e-6)
