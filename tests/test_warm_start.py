@@ -8,6 +8,8 @@ import sys
 
 from helpers import REPO, TINY_CONFIG
 
+from jaxseg.models import onednn_kernel_grad
+
 MISS = "PERSISTENT COMPILATION CACHE MISS"
 
 
@@ -52,7 +54,8 @@ def test_the_cache_directory_comes_from_the_environment_and_an_empty_flag_turns_
 def test_with_onednn_convolutions_only_their_steps_compile_again(data_dir, tmp_path):
     # XLA cannot serialize an executable holding oneDNN's convolutions: jaxseg writes none
     # (no failed write warned about), and the second run compiles those steps (and the
-    # one-convolution probe of onednn_conv.available) again, nothing else.
+    # one-convolution probes of onednn_conv.available and, with jaxseg[onednn],
+    # onednn_kernel_grad.available, compiled within) again, nothing else.
     cache, onednn = (
         f"--compilation_cache={tmp_path / 'cache'}",
         "--config.train.cpu_convolutions=onednn",
@@ -63,9 +66,7 @@ def test_with_onednn_convolutions_only_their_steps_compile_again(data_dir, tmp_p
     second = _train(data_dir, tmp_path / "second", cache, onednn)
     assert second.returncode == 0, second.stderr[-3000:]
     missed = re.findall(rf"{MISS} for '([^']+)'", second.stderr)
-    assert sorted(missed) == [
-        "jit_eval_step",
-        "jit_onednn_probe",
-        "jit_train_step",
-        "jit_xla_probe",
-    ]
+    probes = ["jit_onednn_probe", "jit_xla_probe"]
+    if onednn_kernel_grad.available():
+        probes += ["jit_onednn_kernel_gradient_probe", "jit_xla_kernel_gradient_probe"]
+    assert sorted(missed) == sorted(["jit_eval_step", "jit_train_step", *probes])

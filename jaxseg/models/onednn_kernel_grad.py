@@ -367,10 +367,17 @@ def available() -> bool:
     x = rng.normal(size=(2, 7, 6, 3)).astype(np.float32)
     dy = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
     params = dict(kernel_shape=(3, 3, 3, 5), strides=(2, 2), pads=((1, 1), (1, 0)), dilation=(1, 1))
+
+    def onednn_kernel_gradient_probe(x, dy):
+        return kernel_gradient_p.bind(x, dy, **params)
+
+    def xla_kernel_gradient_probe(x, dy):
+        return _xla_kernel_gradient(x, dy, **params)
+
     try:
         _registered()
-        got = run_on_cpu(functools.partial(kernel_gradient_p.bind, **params), x, dy)
-        want = run_on_cpu(functools.partial(_xla_kernel_gradient, **params), x, dy)
+        got = run_on_cpu(onednn_kernel_gradient_probe, x, dy)
+        want = run_on_cpu(xla_kernel_gradient_probe, x, dy)
         if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
             raise ValueError(f"its result differs from XLA's by {np.abs(got - want).max()}")
     except Exception as error:
