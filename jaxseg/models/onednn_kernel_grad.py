@@ -26,13 +26,11 @@ so a failing call logs the error and fills the gradient with NaN, which the trai
 divergence guard stops on.
 """
 
-import contextlib
 import ctypes
 import functools
 import importlib.metadata
 import json
 import logging
-import os
 import threading
 
 import jax
@@ -73,8 +71,7 @@ def library():
     library does not load here (another OS or architecture, no libgomp)."""
     try:
         path = next(f for f in importlib.metadata.files(DISTRIBUTION) or () if f.name == LIBRARY)
-        with _passive_openmp():
-            lib = ctypes.CDLL(str(path.locate()))
+        lib = ctypes.CDLL(str(path.locate()))
     except (importlib.metadata.PackageNotFoundError, StopIteration, OSError) as error:
         logging.info("oneDNN's kernel gradient is not used: %r", error)
         return None
@@ -83,25 +80,6 @@ def library():
     lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
     lib.dnnl_memory_desc_get_size.argtypes = [ctypes.c_void_p]
     return lib
-
-
-@contextlib.contextmanager
-def _passive_openmp():
-    """Within: a GNU OpenMP runtime loaded now lets its idle threads sleep at once. Its
-    default spins them for a while after each parallel region, and with oneDNN called between
-    XLA's own ops, on XLA's threads, those spinning threads took the cores XLA's ops wanted:
-    the default U-Net's step 184 ms spinning, 155 ms passive. libgomp reads the variable when
-    it loads, so a runtime already loaded (e.g. PyTorch's own copy) keeps its setting, and the
-    environment is put back."""
-    before = os.environ.get("OMP_WAIT_POLICY")
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["OMP_WAIT_POLICY"]
-        else:
-            os.environ["OMP_WAIT_POLICY"] = before
 
 
 def _check(status: int, what: str) -> None:
@@ -329,8 +307,9 @@ def _lower_cpu(ctx, x, dy, *, kernel_shape, strides, pads, dilation):
     params = dict(kernel_shape=kernel_shape, strides=strides, pads=pads, dilation=dilation)
     x_aval, dy_aval = ctx.avals_in
     spec = _spec(x_aval.shape, dy_aval.shape, **params)
-    if partitioned(ctx) or not _made_for(spec):
+    if partitioned(ctx) or library() is None or not _made_for(spec):
         return _lower_xla(ctx, x, dy, **params)
+    _registered()  # before any program holding the call runs, or is read from the cache
     (out,) = ctx.avals_out
     result = ir.RankedTensorType.get(out.shape, mlir.dtype_to_ir_type(out.dtype))
     call = stablehlo.CustomCallOp(
