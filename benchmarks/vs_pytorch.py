@@ -37,7 +37,10 @@ USAGE = """\
 Variants, run in one process and taken in turn (one step each per round, after a short
 pause, so load from other users of the machine hits them alike): "jax" (jaxseg as it is:
 every CPU rewrite in its CPU form), "jax-onednn" (the same, its convolutions run by oneDNN:
-`train.cpu_convolutions="onednn"`, jaxseg/models/onednn_conv.py), "jax-lax" (the same step
+`train.cpu_convolutions="onednn"`, jaxseg/models/onednn_conv.py, and with the `onednn` extra
+their kernel gradients too, onednn_kernel_grad.py; that library's OpenMP threads slow the
+PyTorch twin in the same process, so compare it with "torch" run in a process of its own),
+"jax-lax" (the same step
 traced with the plain lax
 forms, `jaxseg.models.platforms.plain_lax_forms`: XLA's own convolutions, transposed
 convolutions and kernel gradients, as before the CPU rewrites, compiled without

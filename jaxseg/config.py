@@ -266,7 +266,7 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
     config.train.grid_examples = 6  # validation examples drawn in images/<split>-<step>.png
     config.train.skip_nonfinite_steps = False  # keep the state of a non-finite step, count it
     # xla | onednn: on CPU, the steps' convolutions run by oneDNN (faster; not cached across
-    # runs: jaxseg/models/onednn_conv.py)
+    # runs: jaxseg/models/onednn_conv.py), their kernel gradients too with the onednn extra
     config.train.cpu_convolutions = "xla"
     return config
 

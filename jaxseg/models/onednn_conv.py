@@ -15,8 +15,10 @@ Only forward convolutions are offered (`forward_inference`), so:
 - the input gradient of a stride-1 convolution is the forward convolution of the output
   gradient with the kernel turned by 180 degrees, its input and output channels swapped by
   the dimension numbers (no copy);
-- the kernel gradient stays XLA's (as a forward convolution oneDNN took 1.4 s where XLA
-  takes 5 ms: its window is the whole image), or the GEMM of `conv_kernel_grad`.
+- the kernel gradient is oneDNN's `backward_weights`, which jaxseg calls itself
+  (`onednn_kernel_grad`, with the `onednn` extra); without it, XLA's (as a forward
+  convolution oneDNN took 1.4 s where XLA takes 5 ms: its window is the whole image), or the
+  GEMM of `conv_kernel_grad`.
 oneDNN reorders the kernel into its blocked layout at every call, which costs most where the
 kernel outweighs the map (the paper U-Net's 8x8x1024 -> 1024: input gradient 29 -> 54 ms;
 FCN's fc6, 411 MB): `small_conv` gives it only convolutions whose output has more positions
@@ -252,8 +254,9 @@ def _back_pads(kernel_shape, pads, dilation):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv_with_onednn(x, kernel, strides, pads, dilation, gemm_kernel_gradient=False):
     """An NHWC/HWIO convolution whose forward pass, and input gradient at stride 1, are
-    oneDNN's on CPU (`convolution`); its kernel gradient is XLA's, or with
-    `gemm_kernel_gradient` (stride 1 only) `conv_kernel_grad.kernel_gradient`'s GEMM.
+    oneDNN's on CPU (`convolution`); its kernel gradient is oneDNN's where
+    `onednn_kernel_grad.usable`, else XLA's, or with `gemm_kernel_gradient` (stride 1 only)
+    `conv_kernel_grad.kernel_gradient`'s GEMM.
 
     strides, dilation: (h, w) tuples; pads: ((top, bottom), (left, right)), each >= 0.
     """
