@@ -15,9 +15,10 @@ classic API (`void f(out, ins, opaque, opaque_len, status)`), whose target is a 
 callback: XLA hands it the buffers as they lie, so nothing is copied (a `jax.pure_callback`
 copied both operands and cost 1.5 ms a call). Its opaque string names the shapes and window;
 each one's oneDNN primitives (the gradient in the layout oneDNN picks, and a reorder into
-HWIO) are made when the program is lowered, so a shape oneDNN refuses is found then, and the
-gradient falls back to XLA's. Unlike XLA's oneDNN thunk, the call is written to JAX's
-persistent cache and read back (the target is registered before any program is lowered).
+HWIO) are made when the program is lowered, so a shape oneDNN refuses, or would run only by
+its im2col GEMM form (which crashed on XLA's threads), is found then, and its gradient falls
+back to XLA's. Unlike XLA's oneDNN thunk, the call can be written to JAX's persistent cache
+and read back: lowering registers its target, before the program can run or be loaded.
 Elsewhere (other platforms, programs split over a mesh, under vmap) it is XLA's kernel
 gradient.
 
