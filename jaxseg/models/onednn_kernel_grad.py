@@ -19,8 +19,8 @@ HWIO) are made when the program is lowered, so a shape oneDNN refuses, or would 
 its im2col GEMM form (which crashed on XLA's threads), is found then, and its gradient falls
 back to XLA's. Unlike XLA's oneDNN thunk, the call can be written to JAX's persistent cache
 and read back: lowering registers its target, before the program can run or be loaded.
-Elsewhere (other platforms, programs split over a mesh, under vmap) it is XLA's kernel
-gradient.
+Elsewhere (other platforms, programs on several devices: a mesh, pmap; under vmap) it is
+XLA's kernel gradient.
 
 Errors at run time cannot be reported to XLA (jaxlib exports no custom-call status setter),
 so a failing call logs the error and fills the gradient with NaN, which the trainer's
@@ -43,7 +43,7 @@ from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import batching, mlir
 
-from jaxseg.models.platforms import partitioned, run_on_cpu
+from jaxseg.models.platforms import one_device, run_on_cpu
 
 DISTRIBUTION = "onednn-cpu-gomp"
 LIBRARY = "libdnnl.so.3"
@@ -308,7 +308,10 @@ def _lower_cpu(ctx, x, dy, *, kernel_shape, strides, pads, dilation):
     params = dict(kernel_shape=kernel_shape, strides=strides, pads=pads, dilation=dilation)
     x_aval, dy_aval = ctx.avals_in
     spec = _spec(x_aval.shape, dy_aval.shape, **params)
-    if partitioned(ctx) or library() is None or not _made_for(spec):
+    # One device only: with pmap's several, one device's program waited in its all-reduce
+    # while the other's callback waited for Python's lock, held by the main thread waiting
+    # for the step (a deadlock, XLA's 40 s rendezvous timeout, abort).
+    if not one_device(ctx) or library() is None or not _made_for(spec):
         return _lower_xla(ctx, x, dy, **params)
     _registered()  # before any program holding the call runs, or is read from the cache
     (out,) = ctx.avals_out

@@ -130,3 +130,16 @@ def run_on_cpu(function, *arrays):
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu) for a in arrays]
     return np.asarray(jax.jit(function).lower(*specs).compile()(*arrays))
+
+
+def one_device(ctx) -> bool:
+    """Whether the program being lowered (`ctx`, a lowering rule's context) runs on one device
+    only: not pmap's per-device program of several, nor one partitioned over a mesh."""
+    context = ctx.module_context.axis_context
+    mesh = getattr(context, "mesh", None)
+    if mesh is not None:  # shard_map
+        return mesh.size == 1
+    axis_env = getattr(context, "axis_env", None)
+    if axis_env is not None:  # pmap
+        return axis_env.nreps == 1
+    return getattr(context, "num_devices", 1) == 1
