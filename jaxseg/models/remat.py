@@ -30,13 +30,13 @@ import flax.linen as nn
 import jax
 
 from jaxseg.errors import ConfigError
-from jaxseg.models import onednn_conv
+from jaxseg.models import onednn_calls
 
 REMAT_MODES = ("none", "blocks", "convs")
 
 _SAVED_BY_CONVS = (
     jax.lax.conv_general_dilated_p,
-    onednn_conv.convolution_p,
+    onednn_calls.convolution_p,
     jax.lax.dot_general_p,
 )
 

@@ -198,8 +198,8 @@ def conv_general_dilated(
     gradient as one GEMM; a stride-1 one without groups with at least as many output channels
     as output positions (`conv_kernel_grad.kernel_outweighs_map`) has both gradients as GEMMs.
     Within `onednn_conv.onednn_convolutions()`, one without groups with more output
-    positions than output channels is oneDNN's (`onednn_conv.conv_with_onednn`, its kernel
-    gradient the GEMM where `worth_it`) where `onednn_conv.usable`.
+    positions than output channels is oneDNN's (`onednn_conv.conv_with_onednn`, both
+    gradients too) where `onednn_conv.usable`.
     All compute the same sums in another order (equal to float rounding).
     """
 
@@ -257,7 +257,7 @@ def conv_general_dilated(
 
         def onednn(lhs, rhs):
             strides = tuple(window_strides)
-            return onednn_conv.conv_with_onednn(lhs, rhs, strides, pads, dilation, gemm_kernel)
+            return onednn_conv.conv_with_onednn(lhs, rhs, strides, pads, dilation)
 
         return per_platform(lhs, rhs, cpu=onednn, default=reference)
     if not (gemm_input or gemm_kernel):
