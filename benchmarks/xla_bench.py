@@ -24,8 +24,9 @@ them); a model that pads its input (the original U-Net) gets the padded tile. A 
 instead of a config benchmarks that model's defaults on the built-in shapes (64x64,
 batch 16, 5 classes). `--dtype` and `--remat` override `config.model.dtype` /
 `config.model.remat`; given several values, each config runs with each, in turn.
-`--cpu-convolutions onednn` sets `config.train.cpu_convolutions`: both modes are traced and
-compiled with oneDNN's convolutions on CPU (jaxseg/models/onednn_conv.py).
+`--cpu-convolutions` sets `config.train.cpu_convolutions` (auto, onednn, xla); where it comes
+to oneDNN (the record says which it came to), both modes are traced and compiled with
+oneDNN's convolutions on CPU (jaxseg/models/onednn_conv.py).
 
 Reported per config and mode (JSON lines as each finishes, then a markdown table):
   compile_s         `jax.jit(...).lower(...)` plus `.compile()`, seconds.
@@ -94,6 +95,7 @@ from jaxseg.config import (
     use_shapes_data,
 )
 from jaxseg.inference.network import probabilities
+from jaxseg.models import onednn_conv
 from jaxseg.models.onednn_conv import onednn_convolutions
 from jaxseg.models.platforms import xla_options
 from jaxseg.run import build_run
@@ -358,9 +360,9 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
         "remat": getattr(run.model, "remat", "none"),
         "params": count_params(state.params),
         "devices": run.layout.num_devices,
-        "cpu_convolutions": config.train.cpu_convolutions,
     }
-    onednn = config.train.cpu_convolutions == "onednn"
+    onednn = onednn_conv.chosen(config.train.cpu_convolutions)
+    common["cpu_convolutions"] = "onednn" if onednn else "xla"
     records = []
     for mode in sorted(modes, key=("inference", ONNX_MODE, "train").index):
         if mode == ONNX_MODE:
@@ -602,9 +604,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--cpu-convolutions",
-        choices=("xla", "onednn"),
+        choices=("auto", "onednn", "xla"),
         help="train.cpu_convolutions (default: the config's): onednn runs the convolutions of"
-        " both modes by oneDNN on CPU (jaxseg/models/onednn_conv.py)",
+        " both modes by oneDNN on CPU (jaxseg/models/onednn_conv.py), auto where it works",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")

@@ -38,6 +38,7 @@ NON_NEGATIVE_NUMBER = (
     lambda v: _number(v) and math.isfinite(v) and v >= 0,
 )
 FRACTION = ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1)
+CPU_CONVOLUTIONS = ("auto", "onednn", "xla")  # jaxseg/models/onednn_conv.py
 CLASSES = ("None (the dataset's) or an integer >= 1", lambda v: v is None or POSITIVE[1](v))
 
 # key: (what is allowed, test). Keys absent from a config (model options) are not checked.
@@ -82,7 +83,7 @@ RULES = {
     "train.keep_checkpoints": POSITIVE,
     "train.num_devices": ("0 (all) or a positive integer", NON_NEGATIVE[1]),
     "train.grid_examples": NON_NEGATIVE,
-    "train.cpu_convolutions": ('"xla" or "onednn"', lambda v: v in ("xla", "onednn")),
+    "train.cpu_convolutions": ('"auto", "onednn" or "xla"', lambda v: v in CPU_CONVOLUTIONS),
 }
 
 

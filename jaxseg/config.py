@@ -265,9 +265,10 @@ def base_config(model: str = "unet", dataset: str = "shapes") -> ml_collections.
     config.train.parallelism = "mesh"  # mesh (jit + sharding) | pmap (jaxseg/run/parallel.py)
     config.train.grid_examples = 6  # validation examples drawn in images/<split>-<step>.png
     config.train.skip_nonfinite_steps = False  # keep the state of a non-finite step, count it
-    # xla | onednn: on CPU, the steps' convolutions run by oneDNN (faster; not cached across
-    # runs: jaxseg/models/onednn_conv.py), their kernel gradients too with the onednn extra
-    config.train.cpu_convolutions = "xla"
+    # auto | onednn | xla: on CPU, the steps' convolutions (both gradients too) run by oneDNN
+    # (faster; jaxseg/models/onednn_conv.py) or by XLA; auto: oneDNN where its library is
+    # installed and works (x86-64 Linux), else XLA
+    config.train.cpu_convolutions = "auto"
     return config
 
 

@@ -28,7 +28,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     INSTALLED = False
 needs_library = pytest.mark.skipif(
-    not INSTALLED, reason=f"{onednn_calls.DISTRIBUTION} is not installed (jaxseg[onednn])"
+    not INSTALLED, reason=f"{onednn_calls.DISTRIBUTION} is not installed (x86-64 Linux only)"
 )
 
 # (input (H, W, C), kernel (kh, kw, O), strides, pads, dilation): the windows of jaxseg's

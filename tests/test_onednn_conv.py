@@ -27,7 +27,7 @@ CALL = re.compile(r'custom_call_target="jaxseg_onednn_convolution"')
 try:
     importlib.metadata.version(onednn_calls.DISTRIBUTION)
 except importlib.metadata.PackageNotFoundError:
-    pytest.skip("jaxseg[onednn] is not installed", allow_module_level=True)
+    pytest.skip(f"{onednn_calls.DISTRIBUTION} is not installed", allow_module_level=True)
 
 # (input (H, W, C), kernel (kh, kw, O), stride, padding, dilation, oneDNN calls in forward +
 # backward): the convolutions jaxseg's models run on maps larger than 4x4.
@@ -159,29 +159,31 @@ def test_remat_keeps_its_outputs_as_it_keeps_xlas_convolutions():
     assert _save_conv_outputs(lax.conv_general_dilated_p)
 
 
-def test_the_trainer_uses_it_when_the_config_asks(data_dir):
+def test_the_trainer_uses_it_by_default_and_when_the_config_asks(data_dir):
     from helpers import tiny_config
 
     from jaxseg.run import build_run
 
     losses, calls, operations = {}, {}, {}
-    for choice in ("xla", "onednn"):
+    for choice in ("xla", "onednn", "auto"):
         config = tiny_config(data_dir)
         config.train.num_devices = 1  # one device: a mesh of several keeps XLA's convolutions
         config.train.cpu_convolutions = choice
         run = build_run(config, parallelism="mesh")
         state, batches = run.init_state(), run.train_batches()
         batch = run.layout.put_batch(next(batches))
-        step = run.train_step.__wrapped__ if choice == "onednn" else run.train_step  # jitted
-        with onednn_convolutions() if choice == "onednn" else contextlib.nullcontext():
+        onednn = choice != "xla"  # auto: oneDNN, which works here (test_the_library_runs_here)
+        step = run.train_step.__wrapped__ if onednn else run.train_step  # the jitted step
+        with onednn_convolutions() if onednn else contextlib.nullcontext():
             text = step.lower(state, batch, run.step_rng).compile().as_text()
         calls[choice] = len(CALL.findall(text))
         operations[choice] = set(re.findall(r'"operation":"(\w+)"', text))
         _, metrics = run.train_step(state, batch, run.step_rng)
         losses[choice] = float(metrics["loss_sum"])
-    assert calls["xla"] == 0 and calls["onednn"] > 0
+    assert calls["xla"] == 0 and calls["onednn"] == calls["auto"] > 0
     assert operations["onednn"] == set(onednn_calls.OPERATIONS)  # both gradients too
     assert losses["onednn"] == pytest.approx(losses["xla"], rel=1e-4)
+    assert losses["auto"] == losses["onednn"]
     config.train.cpu_convolutions = "mkldnn"
     with pytest.raises(ConfigError, match="train.cpu_convolutions"):
         build_run(config)
@@ -196,11 +198,22 @@ def test_under_vmap_it_is_xlas_convolution_vmapped():
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-5, atol=1e-4)
 
 
+def test_auto_is_onednn_on_a_cpu_backend_where_it_works(monkeypatch):
+    assert onednn_conv.chosen("auto") and onednn_conv.chosen("onednn")
+    assert not onednn_conv.chosen("xla")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not onednn_conv.chosen("auto") and onednn_conv.chosen("onednn")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(onednn_calls, "available", lambda: False)
+    assert not onednn_conv.chosen("auto")
+
+
 def test_asking_for_it_where_it_is_not_available_warns(monkeypatch, caplog):
     monkeypatch.setattr(onednn_calls, "available", lambda: False)
     with caplog.at_level(logging.WARNING):
         step = onednn_conv.with_onednn_convolutions(lambda x: x + 1)
-    assert "jaxseg[onednn]" in caplog.text and onednn_calls.DISTRIBUTION in caplog.text
+    assert "train.cpu_convolutions='onednn'" in caplog.text
+    assert onednn_calls.DISTRIBUTION in caplog.text
     assert step(1) == 2
     x, kernel = _inputs((9, 11, 8), (3, 3, 8))
     with onednn_convolutions():  # and XLA's convolutions are what it gets

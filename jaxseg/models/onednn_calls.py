@@ -8,7 +8,7 @@ gap between the two on the U-Nets (README, "Where the default step's time goes")
 XLA:CPU carries a oneDNN forward convolution (`__onednn$convolution`), but an executable
 holding it cannot be written to JAX's cache (jaxlib 0.10.2's serializer fails on its thunk)
 and it has no gradients, so jaxseg calls the library itself: the `onednn-cpu-gomp` wheel
-(oneDNN 3.2, GNU OpenMP; `pip install "jaxseg[onednn]"`, x86-64 Linux), through its C API by
+(oneDNN 3.2, GNU OpenMP; a dependency of jaxseg on x86-64 Linux), through its C API by
 `ctypes`.
 
 How: `forward`, `input_gradient` and `kernel_gradient` bind one primitive that lowers on CPU

@@ -1,5 +1,6 @@
-"""Convolutions computed by oneDNN on CPU, in both gradients: the opt-in switch
-(`train.cpu_convolutions="onednn"`) and the differentiable convolution the models use.
+"""Convolutions computed by oneDNN on CPU, in both gradients: the switch
+(`train.cpu_convolutions`, "auto" by default) and the differentiable convolution the
+models use.
 
 Why: PyTorch runs the U-Nets' convolutions as oneDNN's direct convolutions, XLA:CPU as
 im2col GEMMs, and that was most of the gap between the two (README, "Where the default
@@ -13,8 +14,8 @@ its blocked layout at every call, which costs most where the kernel outweighs th
 paper U-Net's 8x8x1024 -> 1024; FCN's fc6, 411 MB): `small_conv` gives it only convolutions
 whose output has more positions than the kernel has outputs.
 
-It is opt-in: only functions traced within `onednn_convolutions()` use it (the trainer's and
-evaluator's steps with `train.cpu_convolutions="onednn"`). Within, it is used where
+Only functions traced within `onednn_convolutions()` use it: the trainer's and evaluator's
+steps, by default wherever the library works (`chosen`). Within, it is used where
 `usable`: float32, 2-D, no groups, no input dilation, padding >= 0, static shapes, with the
 library installed and working (`onednn_calls.available`). Programs on several devices, and
 shapes oneDNN would not run by its direct kernels, get XLA's convolution (`onednn_calls`).
@@ -40,6 +41,15 @@ def onednn_convolutions():
     return switched_on(_ON)
 
 
+def chosen(choice: str) -> bool:
+    """Whether `train.cpu_convolutions=choice` ("auto", "onednn" or "xla") runs the steps
+    within `onednn_convolutions()`: "onednn" always (`with_onednn_convolutions` warns where
+    the library is missing), "auto" on a CPU backend where the library is `available`."""
+    if choice == "auto":
+        return jax.default_backend() == "cpu" and onednn_calls.available()
+    return choice == "onednn"
+
+
 def with_onednn_convolutions(function):
     """`function` called within `onednn_convolutions()`: for a jitted step, its trace and
     compilation happen there. Warns, on CPU, where oneDNN's convolutions are not available
@@ -47,8 +57,9 @@ def with_onednn_convolutions(function):
     if jax.default_backend() == "cpu" and not onednn_calls.available():
         logging.warning(
             "train.cpu_convolutions='onednn' asks for oneDNN's convolutions, which are not"
-            ' available here (pip install "jaxseg[onednn]", x86-64 Linux; %s not'
-            " loaded or not working): XLA's convolutions are used",
+            " available here (its library, the %s wheel jaxseg installs on x86-64 Linux,"
+            " is missing, does not load or gave a wrong result; see the log above): XLA's"
+            " convolutions are used",
             onednn_calls.DISTRIBUTION,
         )
 

@@ -74,7 +74,7 @@ def build_run(config: ml_collections.ConfigDict, parallelism: str | None = None)
     eval_fn = functools.partial(eval_step, apply_fn=model.apply, task=task, axis=layout.axis)
     eval_fn = layout.compile_eval(eval_fn, xla_options())
     step_fn = layout.compile_train(step_fn, step_options(model.remat))
-    if config.train.cpu_convolutions == "onednn":  # traced and compiled within the context
+    if onednn_conv.chosen(config.train.cpu_convolutions):  # traced, compiled within it
         eval_fn, step_fn = map(onednn_conv.with_onednn_convolutions, (eval_fn, step_fn))
     return Run(
         config=config,
