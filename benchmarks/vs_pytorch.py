@@ -35,13 +35,12 @@ USAGE = """\
     python benchmarks/vs_pytorch.py unet --rounds 0 --conv-kernels  # XLA, jaxseg, oneDNN per conv
 
 Variants, run in one process and taken in turn (one step each per round, after a short
-pause, so load from other users of the machine hits them alike): "jax" (jaxseg as it is:
-every CPU rewrite in its CPU form), "jax-onednn" (the same, its convolutions run by oneDNN:
-`train.cpu_convolutions="onednn"`, jaxseg/models/onednn_conv.py, and with the `onednn` extra
-their kernel gradients too, onednn_kernel_grad.py; that library's OpenMP threads slow the
-PyTorch twin in the same process, so compare it with "torch" run in a process of its own),
-"jax-lax" (the same step
-traced with the plain lax
+pause, so load from other users of the machine hits them alike): "jax" (jaxseg with XLA's
+convolutions, `train.cpu_convolutions="xla"`: every CPU rewrite in its CPU form),
+"jax-onednn" (the same, its convolutions and both their gradients run by oneDNN, as jaxseg
+runs by default on x86-64 Linux: jaxseg/models/onednn_conv.py, onednn_calls.py; that
+library's OpenMP threads slow the PyTorch twin in the same process, so compare it with
+"torch" run in a process of its own), "jax-lax" (the same step traced with the plain lax
 forms, `jaxseg.models.platforms.plain_lax_forms`: XLA's own convolutions, transposed
 convolutions and kernel gradients, as before the CPU rewrites, compiled without
 jaxseg's XLA options), "torch" (the PyTorch eager twin

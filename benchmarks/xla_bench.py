@@ -374,9 +374,9 @@ def benchmark(name: str, config, modes, args) -> list[dict]:
             records.append(record)
             continue
         if mode == "train":
-            function = run.train_step.__wrapped__ if onednn else run.train_step  # the jitted
+            function = run.train_step
             # build_run compiles the step with jaxseg's XLA options (platforms.py) and those
-            # its remat needs (remat.py).
+            # its remat needs (remat.py), and lowers it with oneDNN's convolutions if chosen.
             arguments = (state, run.layout.put_batch(host_batch), run.step_rng)
         else:
             function = jax.jit(

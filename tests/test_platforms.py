@@ -122,7 +122,10 @@ def test_jaxseg_compiles_steps_and_predictions_with_the_options(data_dir):
     from jaxseg.run import build_run
     from jaxseg.run.step import variables_of
 
-    run = build_run(tiny_config(data_dir), parallelism="mesh")
+    config = tiny_config(data_dir)
+    config.train.cpu_convolutions = "xla"  # XLA's convolutions, under the options (the
+    # default's oneDNN calls: test_onednn_conv)
+    run = build_run(config, parallelism="mesh")
     state = run.init_state()
     batch = run.layout.put_batch(
         {"image": np.zeros((8, 32, 32, 3), np.uint8), "mask": np.zeros((8, 32, 32), np.int32)}

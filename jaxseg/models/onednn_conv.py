@@ -52,8 +52,8 @@ def chosen(choice: str) -> bool:
 
 def with_onednn_convolutions(function):
     """`function` called within `onednn_convolutions()`: for a jitted step, its trace and
-    compilation happen there. Warns, on CPU, where oneDNN's convolutions are not available
-    (without the `onednn` extra they are XLA's)."""
+    compilation happen there, and so does its `lower` (an AOT lowering holds the calls too).
+    Warns, on CPU, where oneDNN's convolutions are not available (XLA's are used)."""
     if jax.default_backend() == "cpu" and not onednn_calls.available():
         logging.warning(
             "train.cpu_convolutions='onednn' asks for oneDNN's convolutions, which are not"
@@ -68,6 +68,14 @@ def with_onednn_convolutions(function):
         with onednn_convolutions():
             return function(*args, **kwargs)
 
+    if hasattr(function, "lower"):
+
+        @functools.wraps(function.lower)
+        def lower(*args, **kwargs):
+            with onednn_convolutions():
+                return function.lower(*args, **kwargs)
+
+        call.lower = lower
     return call
 
 
