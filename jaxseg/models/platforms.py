@@ -112,18 +112,6 @@ def _checked_options(platform: str) -> dict[str, str] | None:
     return CPU_OPTIONS
 
 
-def partitioned(ctx) -> bool:
-    """Whether XLA's partitioner splits the program being lowered (`ctx`, a lowering rule's
-    context) over several devices (a jit over a mesh, a shard_map's automatic axes); not one
-    device's own program (pmap's, a shard_map's fully manual one). A custom call it does not
-    know cannot be split."""
-    context = ctx.module_context.axis_context
-    mesh = getattr(context, "mesh", None)
-    if mesh is not None:  # inside shard_map: manual axes are per device
-        return any(mesh.shape[a] > 1 for a in mesh.axis_names if a not in context.manual_axes)
-    return getattr(context, "num_devices", 1) > 1
-
-
 def run_on_cpu(function, *arrays):
     """`function(*arrays)` compiled and run on the CPU now, also while another function is
     traced (as a NumPy array)."""
