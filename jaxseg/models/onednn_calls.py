@@ -199,28 +199,30 @@ class _Convolution:
         blocked = lib.dnnl_primitive_desc_query_md(descriptor, kernel_query, 0)
         self.blocked = ctypes.c_void_p(blocked)
         self.blocked_floats = lib.dnnl_memory_desc_get_size(self.blocked) // 4
-        self.kernel_is_hwio = bool(lib.dnnl_memory_desc_equal(self.blocked, self.hwio))
-        source, target = (
-            (self.blocked, self.hwio) if self.operation == "kernel_gradient"
-            else (self.hwio, self.blocked)
-        )  # fmt: skip
-        reorder = _made(
-            lib.dnnl_reorder_primitive_desc_create, "reorder descriptor",
-            source, engine, target, engine, None,
-        )  # fmt: skip
-        self._descriptors += (reorder,)
         self.convolution = _made(lib.dnnl_primitive_create, "primitive_create", descriptor)
-        self.reorder = _made(lib.dnnl_primitive_create, "primitive_create", reorder)
+        self.reorder = None  # where oneDNN takes the kernel as HWIO, none is needed
+        if not lib.dnnl_memory_desc_equal(self.blocked, self.hwio):
+            source, target = (
+                (self.blocked, self.hwio) if self.operation == "kernel_gradient"
+                else (self.hwio, self.blocked)
+            )  # fmt: skip
+            reorder = _made(
+                lib.dnnl_reorder_primitive_desc_create, "reorder descriptor",
+                source, engine, target, engine, None,
+            )  # fmt: skip
+            self._descriptors += (reorder,)
+            self.reorder = _made(lib.dnnl_primitive_create, "primitive_create", reorder)
 
     def __call__(self, first: int, second: int, out: int) -> None:
         """Runs the operation on the arrays at these addresses: (x, kernel) -> y, (dy, kernel)
         -> dx, or (x, dy) -> dkernel."""
         gradient = self.operation == "kernel_gradient"
         kernel = out if gradient else second
-        scratch = None if self.kernel_is_hwio else np.empty(self.blocked_floats, np.float32)
+        scratch = None if self.reorder is None else np.empty(self.blocked_floats, np.float32)
         blocked = kernel if scratch is None else scratch.ctypes.data
-        into_blocked = {_ARG_SRC: (self.hwio, kernel), _ARG_DST: (self.blocked, blocked)}
-        out_of_blocked = {_ARG_SRC: (self.blocked, blocked), _ARG_DST: (self.hwio, kernel)}
+        # the reorder's source and target: HWIO into oneDNN's layout, or back for a gradient
+        hwio, chosen = (self.hwio, kernel), (self.blocked, blocked)
+        reorder = {_ARG_SRC: chosen if gradient else hwio, _ARG_DST: hwio if gradient else chosen}
         if self.operation == "forward":
             arrays = {_ARG_SRC: (self.x, first), _ARG_WEIGHTS: (self.blocked, blocked),
                       _ARG_DST: (self.y, out)}  # fmt: skip
@@ -230,11 +232,11 @@ class _Convolution:
         else:
             arrays = {_ARG_SRC: (self.x, first), _ARG_DIFF_DST: (self.y, second),
                       _ARG_DIFF_WEIGHTS: (self.blocked, blocked)}  # fmt: skip
-        if scratch is not None and not gradient:
-            _execute(self.reorder, into_blocked, "reorder")
+        if self.reorder is not None and not gradient:
+            _execute(self.reorder, reorder, "reorder")
         _execute(self.convolution, arrays, self.operation)
-        if scratch is not None and gradient:
-            _execute(self.reorder, out_of_blocked, "reorder")
+        if self.reorder is not None and gradient:
+            _execute(self.reorder, reorder, "reorder")
 
 
 def _execute(primitive, arrays: dict, what: str) -> None:

@@ -28,7 +28,6 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
 
 from jaxseg.models import onednn_calls
 from jaxseg.models.platforms import switched_on, tracing_portable
@@ -84,7 +83,6 @@ def usable(x, kernel, pads) -> bool:
     return (
         _ON.get()
         and not tracing_portable()
-        and x.dtype == kernel.dtype == jnp.float32
         and all(p >= 0 for side in pads for p in side)
         and onednn_calls.usable(x, kernel)
     )
